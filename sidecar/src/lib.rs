@@ -1,0 +1,1 @@
+//! Stub: implemented by its own issue.
