@@ -1,0 +1,132 @@
+//! Request-path handling shared by route lookup and the `http_path` criterion: query removal,
+//! Envoy's normalisation (merge slashes, remove dot segments) and percent-decoding. Each step
+//! borrows when there is nothing to do, so already-normal paths cost no allocation.
+
+use std::borrow::Cow;
+
+/// The path without its query string (and fragment).
+pub fn strip_query(path: &str) -> &str {
+    let end = path.find(['?', '#']).unwrap_or(path.len());
+    path.get(..end).unwrap_or(path)
+}
+
+fn needs_normalise(p: &str) -> bool {
+    if !p.starts_with('/') || p.contains("//") {
+        return true;
+    }
+    p.split('/').any(|seg| seg == "." || seg == "..")
+}
+
+/// Envoy's `merge_slashes` + `normalize_path` (RFC 3986 remove_dot_segments); the result
+/// always starts with `/`. `..` above the root is dropped, as Envoy does.
+pub fn normalise(p: &str) -> Cow<'_, str> {
+    if !needs_normalise(p) {
+        return Cow::Borrowed(p);
+    }
+    let mut segs: Vec<&str> = Vec::new();
+    let mut trailing_slash = false;
+    for seg in p.split('/') {
+        trailing_slash = false;
+        match seg {
+            "" => trailing_slash = true,
+            "." => trailing_slash = true,
+            ".." => {
+                segs.pop();
+                trailing_slash = true;
+            }
+            s => segs.push(s),
+        }
+    }
+    let mut out = String::with_capacity(p.len());
+    for s in &segs {
+        out.push('/');
+        out.push_str(s);
+    }
+    if trailing_slash || segs.is_empty() {
+        out.push('/');
+    }
+    Cow::Owned(out)
+}
+
+fn hex(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// Percent-decoding (`%41` → `A`); malformed escapes stay as written, invalid UTF-8 after
+/// decoding becomes U+FFFD.
+pub fn percent_decode(p: &str) -> Cow<'_, str> {
+    if !p.contains('%') {
+        return Cow::Borrowed(p);
+    }
+    let bytes = p.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        if b == b'%' {
+            let hi = bytes.get(i + 1).copied().and_then(hex);
+            let lo = bytes.get(i + 2).copied().and_then(hex);
+            if let (Some(hi), Some(lo)) = (hi, lo) {
+                out.push(hi << 4 | lo);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b);
+        i += 1;
+    }
+    match String::from_utf8(out) {
+        Ok(s) => Cow::Owned(s),
+        Err(e) => Cow::Owned(String::from_utf8_lossy(e.as_bytes()).into_owned()),
+    }
+}
+
+/// What the `http_path` criterion sees: query removed, normalised, percent-decoded.
+pub fn policy_path(raw: &str) -> Cow<'_, str> {
+    match normalise(strip_query(raw)) {
+        Cow::Borrowed(b) => percent_decode(b),
+        Cow::Owned(o) => Cow::Owned(percent_decode(&o).into_owned()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strip_query_removes_query_and_fragment() {
+        assert_eq!(strip_query("/a/b?x=1"), "/a/b");
+        assert_eq!(strip_query("/a#f"), "/a");
+        assert_eq!(strip_query("/a"), "/a");
+    }
+
+    #[test]
+    fn normalise_merges_and_removes_dots() {
+        assert_eq!(normalise("/a//b"), "/a/b");
+        assert_eq!(normalise("/a/./b/../c"), "/a/c");
+        assert_eq!(normalise("/../../x"), "/x");
+        assert_eq!(normalise("/a/.."), "/");
+        assert_eq!(normalise("/a/b/"), "/a/b/");
+        assert_eq!(normalise(""), "/");
+        assert!(matches!(normalise("/ok/path"), Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn percent_decode_handles_bad_escapes() {
+        assert_eq!(percent_decode("/a%20b"), "/a b");
+        assert_eq!(percent_decode("/%2Fadmin"), "//admin");
+        assert_eq!(percent_decode("/%zz%4"), "/%zz%4");
+        assert_eq!(percent_decode("/%C3%A9"), "/é");
+        assert_eq!(percent_decode("/%FF"), "/\u{FFFD}");
+    }
+
+    #[test]
+    fn policy_path_composes() {
+        assert_eq!(policy_path("/a//%61dmin/../b?q=%20"), "/a/b");
+        assert_eq!(policy_path("/%61dmin?x"), "/admin");
+    }
+}
