@@ -1,0 +1,302 @@
+//! The internal API the filter calls (see `portcullis_common::api` for the contract),
+//! plus `/healthz` and `/readyz`.
+//!
+//! Every internal API request must carry the bearer token derived from `shared_secret`
+//! (constant-time check, 401 otherwise) — checked before anything else is looked at.
+
+use crate::databroker::{Kind, now_unix};
+use crate::error::AppError;
+use crate::idp::IdentitySigner;
+use crate::metrics::Metrics;
+use crate::session::Session;
+use crate::state::AppState;
+use axum::Router;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use portcullis_common::api::{self, ChangesResponse, SessionResponse};
+use prost::Message;
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// The internal API routes and health checks.
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route(api::PATH_SESSION, get(session))
+        .route(api::PATH_CHANGES, get(changes))
+        .route(api::PATH_BUNDLE, get(bundle))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+}
+
+/// The routes of the separate metrics listener (`metrics_address`).
+pub fn metrics_routes() -> Router<AppState> {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+}
+
+fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), AppError> {
+    let ok = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| api::check_authorization(v, &state.api_token));
+    if ok {
+        Ok(())
+    } else {
+        Err(AppError::Unauthorized)
+    }
+}
+
+fn protobuf(msg: &impl Message) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(api::CONTENT_TYPE_PROTOBUF),
+        )],
+        msg.encode_to_vec(),
+    )
+        .into_response()
+}
+
+#[derive(Debug, Deserialize)]
+struct SessionQuery {
+    #[serde(default)]
+    id: String,
+    #[serde(default)]
+    aud: String,
+}
+
+/// How long before its `exp` a cached identity JWT is re-signed. The filter refetches
+/// before `jwt_expires_at`, so what we hand out must still be valid for a while.
+const JWT_REUSE_MARGIN_SECS: i64 = 60;
+/// Entries beyond which the JWT cache drops expired entries (and, if still full, all).
+const JWT_CACHE_CAP: usize = 50_000;
+
+/// Signed identity JWTs, by (session id, session version, audience). A new session
+/// version (claims changed) can never be served an old signature.
+#[derive(Default)]
+pub struct JwtCache(Mutex<HashMap<JwtKey, (String, i64)>>);
+
+/// (session id, session version, audience).
+type JwtKey = (String, u64, String);
+
+impl JwtCache {
+    /// The cached JWT for `session` and `audience`, signing a new one if absent or near
+    /// expiry.
+    pub fn get_or_sign(
+        &self,
+        session: &Session,
+        audience: &str,
+        signer: &dyn IdentitySigner,
+        metrics: &Metrics,
+    ) -> Result<(String, i64), AppError> {
+        let now = now_unix();
+        let key = (session.id.clone(), session.version, audience.to_owned());
+        {
+            let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((jwt, exp)) = map.get(&key)
+                && *exp - JWT_REUSE_MARGIN_SECS > now
+            {
+                return Ok((jwt.clone(), *exp));
+            }
+        }
+        let (jwt, exp) = signer.sign(session, audience)?;
+        metrics.jwt_signatures.inc();
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= JWT_CACHE_CAP {
+            map.retain(|_, (_, e)| *e - JWT_REUSE_MARGIN_SECS > now);
+            if map.len() >= JWT_CACHE_CAP {
+                map.clear();
+            }
+        }
+        // Older versions of this session are dead weight now.
+        map.retain(|(id, v, _), _| !(id == &session.id && *v < session.version));
+        map.insert(key, (jwt.clone(), exp));
+        Ok((jwt, exp))
+    }
+
+    /// Number of cached entries.
+    pub fn len(&self) -> usize {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// True if empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+async fn session(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    query: Result<Query<SessionQuery>, QueryRejection>,
+) -> Result<Response, AppError> {
+    authorize(&state, &headers)?;
+    let Query(q) = query.map_err(|_| AppError::BadRequest("malformed query"))?;
+    if q.aud.is_empty() {
+        return Err(AppError::BadRequest("missing `aud`"));
+    }
+    state.metrics.session_lookups.inc();
+    let not_found = || protobuf(&SessionResponse::default());
+    let Some(session) = state.sessions.get(&q.id).await? else {
+        return Ok(not_found());
+    };
+    if session.expires_at <= now_unix() {
+        return Ok(not_found());
+    }
+    let view = session.view(&state.settings.jwt_claims_headers);
+    let (jwt, exp) =
+        state
+            .jwt_cache
+            .get_or_sign(&session, &q.aud, state.signer.as_ref(), &state.metrics)?;
+    Ok(protobuf(&SessionResponse {
+        found: true,
+        view: Some(view),
+        identity_jwt: jwt,
+        jwt_expires_at: exp.min(session.expires_at),
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+struct ChangesQuery {
+    #[serde(default)]
+    since: u64,
+    #[serde(default)]
+    wait_ms: u64,
+    /// The bundle version the caller has; a different current version answers at once.
+    #[serde(default)]
+    bundle: Option<String>,
+}
+
+async fn changes(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    query: Result<Query<ChangesQuery>, QueryRejection>,
+) -> Result<Response, AppError> {
+    authorize(&state, &headers)?;
+    let Query(q) = query.map_err(|_| AppError::BadRequest("malformed query"))?;
+    let wait = Duration::from_millis(q.wait_ms.min(api::MAX_WAIT_MS));
+    // Subscribe before reading, so a change between the read and the wait is not missed.
+    let mut versions = state.store.subscribe();
+    let mut bundles = state.bundle.subscribe();
+    let bundle_at_start = state.bundle.current().version.clone();
+
+    let mut resp = read_changes(&state, q.since).await?;
+    let caller_bundle_stale = q.bundle.as_ref().is_some_and(|b| *b != resp.bundle_version);
+    let has_news = resp.reset || !resp.changed.is_empty() || !resp.deleted.is_empty();
+    if has_news || caller_bundle_stale || wait.is_zero() || q.since == 0 {
+        return Ok(protobuf(&resp));
+    }
+    let since = q.since;
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let timed_out = tokio::select! {
+            r = versions.changed() => r.is_err(),
+            r = bundles.changed() => r.is_err(),
+            () = tokio::time::sleep_until(deadline) => true,
+        };
+        if timed_out && tokio::time::Instant::now() < deadline {
+            // A watch sender went away (shutting down): just sit out the wait.
+            tokio::time::sleep_until(deadline).await;
+        }
+        resp = read_changes(&state, since).await?;
+        let has_news = resp.reset
+            || !resp.changed.is_empty()
+            || !resp.deleted.is_empty()
+            || resp.bundle_version != bundle_at_start;
+        // Changes to other record kinds (users) wake us but are no news to the filter.
+        if has_news || timed_out || tokio::time::Instant::now() >= deadline {
+            return Ok(protobuf(&resp));
+        }
+    }
+}
+
+/// The filter-relevant changes after `since`: session ids, last operation wins.
+async fn read_changes(state: &AppState, since: u64) -> Result<ChangesResponse, AppError> {
+    let bundle_version = state.bundle.current().version.clone();
+    let ch = state.store.changes_since(since).await?;
+    if since == 0 {
+        // A fresh follower has nothing cached: give it the cursor, not the history.
+        return Ok(ChangesResponse {
+            version: ch.version,
+            bundle_version,
+            ..Default::default()
+        });
+    }
+    let mut last: HashMap<&str, (u64, bool)> = HashMap::new();
+    for c in ch.changes.iter().filter(|c| c.kind == Kind::Session) {
+        last.insert(c.id.as_str(), (c.version, c.deleted));
+    }
+    let mut entries: Vec<(&str, (u64, bool))> = last.into_iter().collect();
+    entries.sort_by_key(|(_, (v, _))| *v);
+    let mut resp = ChangesResponse {
+        version: ch.version,
+        bundle_version,
+        reset: ch.reset,
+        ..Default::default()
+    };
+    for (id, (_, deleted)) in entries {
+        if deleted {
+            resp.deleted.push(id.to_owned());
+        } else {
+            resp.changed.push(id.to_owned());
+        }
+    }
+    Ok(resp)
+}
+
+async fn bundle(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, AppError> {
+    authorize(&state, &headers)?;
+    let b = state.bundle.current();
+    if b.bytes.is_empty() {
+        return Ok((StatusCode::SERVICE_UNAVAILABLE, "no policy bundle loaded").into_response());
+    }
+    let version = HeaderValue::from_str(&b.version)
+        .map_err(|_| AppError::Internal("bundle version is not a header value".to_owned()))?;
+    Ok((
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(api::CONTENT_TYPE_PROTOBUF),
+            ),
+            (
+                header::HeaderName::from_static(api::HEADER_BUNDLE_VERSION),
+                version,
+            ),
+        ],
+        b.bytes.to_vec(),
+    )
+        .into_response())
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    match tokio::time::timeout(Duration::from_secs(2), state.store.ping()).await {
+        Ok(Ok(())) => (StatusCode::OK, "ready").into_response(),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "not ready: databroker unreachable");
+            (StatusCode::SERVICE_UNAVAILABLE, "databroker unreachable").into_response()
+        }
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "databroker timeout").into_response(),
+    }
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4"),
+        )],
+        state.metrics.render(),
+    )
+        .into_response()
+}

@@ -1,0 +1,119 @@
+//! `sidecar --config config.yaml`: the Portcullis sidecar.
+
+use anyhow::{Context, Result, bail};
+use sidecar::settings::{LogFormat, Settings};
+use std::path::PathBuf;
+
+fn config_path() -> Result<PathBuf> {
+    let mut args = std::env::args().skip(1);
+    let mut path = None;
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--config" | "-c" => path = args.next().map(PathBuf::from),
+            s if s.starts_with("--config=") => {
+                path = s.strip_prefix("--config=").map(PathBuf::from)
+            }
+            "--help" | "-h" => {
+                println!("usage: sidecar --config config.yaml");
+                std::process::exit(0);
+            }
+            other => bail!("unknown argument `{other}` (usage: sidecar --config config.yaml)"),
+        }
+    }
+    path.context("missing --config <file> (usage: sidecar --config config.yaml)")
+}
+
+fn load_settings(_path: &std::path::Path) -> Result<Settings> {
+    // TODO(policy-compiler): `policy_compiler::config::load_file` → `Settings::from_config`.
+    bail!("the shared config loader (policy_compiler::config) is not available yet")
+}
+
+fn init_logging(settings: &Settings) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&settings.log_level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match settings.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let path = config_path()?;
+    let settings = load_settings(&path)?;
+    init_logging(&settings);
+    run(settings).await
+}
+
+async fn run(settings: Settings) -> Result<()> {
+    use sidecar::bundle::{self, BundleHolder, BundleSource};
+    let store = sidecar::databroker::open(&settings.storage)
+        .await
+        .context("opening the databroker")?;
+    tracing::info!(backend = store.backend(), "databroker ready");
+    if store.backend() == "memory" {
+        tracing::info!(
+            "sessions are kept in memory: a restart signs everyone out (use databroker_storage_type: redis to keep them)"
+        );
+    }
+    let source = match (&settings.policy_bundle_file, &settings.config_file) {
+        (Some(f), _) => BundleSource::File(f.clone()),
+        (None, Some(c)) => BundleSource::Config(c.clone()),
+        (None, None) => bail!("no policy source: set `policy_bundle_file` or pass --config"),
+    };
+    let initial = bundle::load(&source).context("loading the policy bundle")?;
+    tracing::info!(bundle_version = %initial.version, "policy bundle loaded");
+    let setup = sidecar::auth::setup(&settings)
+        .await
+        .context("setting up the login flow")?;
+    let address = settings.address;
+    let metrics_address = settings.metrics_address;
+    let state = sidecar::AppState::new(sidecar::AppParts {
+        settings,
+        store,
+        idps: setup.idps,
+        signer: setup.signer,
+        bundle: BundleHolder::new(initial),
+        login: Some(setup.login),
+    });
+    let _tasks = sidecar::spawn_background(&state, source);
+    if let Some(addr) = metrics_address {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding metrics_address {addr}"))?;
+        let app = sidecar::metrics_router(state.clone());
+        tracing::info!(%addr, "metrics listening");
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                tracing::error!(error = %e, "metrics listener failed");
+            }
+        });
+    }
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .with_context(|| format!("binding {address}"))?;
+    tracing::info!(%address, "sidecar listening");
+    axum::serve(listener, sidecar::router(state))
+        .with_graceful_shutdown(shutdown())
+        .await
+        .context("serving")?;
+    Ok(())
+}
+
+async fn shutdown() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = term.recv() => {},
+                _ = tokio::signal::ctrl_c() => {},
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}

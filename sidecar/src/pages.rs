@@ -1,0 +1,1 @@
+//! HTML pages (user info, errors). Owned by the login flow (H2b).
