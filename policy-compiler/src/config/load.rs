@@ -1,6 +1,6 @@
 //! The loader: file + environment + defaults → [`Config`].
 
-use super::names::{IGNORED_TOP, REMOVED_TOP};
+use super::names::{IGNORED_TOP, REMOVED, REMOVED_TOP};
 use super::read::{Reader, split_list};
 use super::route::{Outcome, check_header_names, parse_route, unknown_field};
 use super::{
@@ -158,7 +158,12 @@ impl Loader<'_> {
                     if let Some((name, _)) = TOP.iter().find(|(n, _)| *n == key) {
                         self.values.insert(name, (file.to_owned(), v.clone()));
                     } else if let Some((_, why)) = REMOVED_TOP.iter().find(|(n, _)| *n == key) {
-                        self.diags.error(file, k.span, *why);
+                        let msg = if *why == REMOVED {
+                            format!("option `{key}` {why}")
+                        } else {
+                            (*why).to_owned()
+                        };
+                        self.diags.error(file, k.span, msg);
                     } else if IGNORED_TOP.contains(&key) {
                         self.diags.warning(
                             file,
@@ -558,24 +563,44 @@ impl Loader<'_> {
         for (i, route) in routes.iter_mut().enumerate() {
             route.index = i;
         }
+        self.duplicate_ids();
+        routes
+    }
+
+    /// Route ids must be unique. Checked on the raw entries, so a duplicate is reported
+    /// even when one of the routes has other errors.
+    fn duplicate_ids(&mut self) {
         let mut seen: HashMap<String, Span> = HashMap::new();
-        for route in &routes {
-            if let Some(id) = &route.id {
-                if let Some(first) = seen.get(&id.value) {
-                    self.diags.error(
-                        &route.file,
+        let mut dups = Vec::new();
+        for name in ["policy", "routes"] {
+            let Some((src, v)) = self.values.get(name) else {
+                continue;
+            };
+            for item in v.value.as_seq().unwrap_or_default() {
+                let Some(id) = item.value.get("id") else {
+                    continue;
+                };
+                let Some(text) = id.value.scalar_text() else {
+                    continue;
+                };
+                match seen.get(&text) {
+                    Some(first) => dups.push((
+                        src.clone(),
                         id.span,
                         format!(
-                            "duplicate route id `{}` (first used at line {})",
-                            id.value, first.line
+                            "duplicate route id `{text}` (first used at line {})",
+                            first.line
                         ),
-                    );
-                } else {
-                    seen.insert(id.value.clone(), id.span);
+                    )),
+                    None => {
+                        seen.insert(text, id.span);
+                    }
                 }
             }
         }
-        routes
+        for (src, span, msg) in dups {
+            self.diags.error(&src, span, msg);
+        }
     }
 
     /// A secret string option with a `*_file` variant (the file wins, as Pomerium).

@@ -25,10 +25,6 @@ pub(crate) const IGNORED_TOP: &[&str] = &[
     "tracing_provider",
     "tracing_otlp_endpoint",
     "tracing_otlp_protocol",
-    "tracing_datadog_address",
-    "tracing_jaeger_collector_endpoint",
-    "tracing_jaeger_agent_endpoint",
-    "tracing_zipkin_endpoint",
     "otel_traces_exporter",
     "otel_traces_sampler_arg",
     "otel_resource_attributes",
@@ -78,9 +74,9 @@ pub(crate) const IGNORED_TOP: &[&str] = &[
     "envoy_bind_config_freebind",
     "codec_type",
     "downstream_mtls",
-    "client_ca",
-    "client_ca_file",
     "client_crl",
+    "cookie_refresh",
+    "refresh_cooldown",
     "client_crl_file",
     // autocert (ACME)
     "autocert",
@@ -100,10 +96,6 @@ pub(crate) const IGNORED_TOP: &[&str] = &[
     "idp_access_token_allowed_audiences",
     "identity_providers",
     "google_cloud_serverless_authentication_service_account",
-    "idp_service_account",
-    "idp_refresh_directory_timeout",
-    "idp_refresh_directory_interval",
-    "idp_qps",
     "headers",
     // branding
     "primary_color",
@@ -126,18 +118,31 @@ pub(crate) const IGNORED_TOP: &[&str] = &[
     "mcp_allowed_client_id_domains",
 ];
 
-/// Top-level Pomerium options that Pomerium itself refuses (removed); refused here too,
-/// with Pomerium's reason.
+/// Top-level options Pomerium itself refuses (removed, `config/options_check.go`);
+/// refused here too.
 pub(crate) const REMOVED_TOP: &[(&str, &str)] = &[
     (
         "policy_file",
-        "`policy_file` is no longer supported by pomerium; put the routes in `routes`",
+        "option `policy_file` is no longer supported by pomerium; put the routes in `routes`",
     ),
     (
         "forward_auth_url",
-        "`forward_auth_url` (forward authentication) was removed from pomerium and is not supported",
+        "option `forward_auth_url` (forward authentication) was removed from pomerium",
     ),
+    ("client_ca", REMOVED),
+    ("client_ca_file", REMOVED),
+    ("idp_service_account", REMOVED),
+    ("idp_refresh_directory_timeout", REMOVED),
+    ("idp_refresh_directory_interval", REMOVED),
+    ("idp_qps", REMOVED),
+    ("tracing_datadog_address", REMOVED),
+    ("tracing_jaeger_collector_endpoint", REMOVED),
+    ("tracing_jaeger_agent_endpoint", REMOVED),
+    ("tracing_zipkin_endpoint", REMOVED),
 ];
+
+/// Message for options Pomerium removed (the option name is prepended).
+pub(crate) const REMOVED: &str = "was removed from pomerium (see pomerium's upgrade guide)";
 
 /// Route options Portcullis ignores (with a warning).
 pub(crate) const IGNORED_ROUTE: &[&str] = &[
@@ -172,6 +177,54 @@ pub(crate) const IGNORED_ROUTE: &[&str] = &[
     "load_balancing_policy",
     "logo_url",
     "stat_name",
+    // Envoy `Cluster` fields: Pomerium accepts them on routes (`config/options_check.go`).
+    "alt_stat_name",
+    "type",
+    "cluster_type",
+    "eds_cluster_config",
+    "connect_timeout",
+    "per_connection_buffer_limit_bytes",
+    "lb_policy",
+    "load_assignment",
+    "max_requests_per_connection",
+    "circuit_breakers",
+    "upstream_http_protocol_options",
+    "common_http_protocol_options",
+    "http_protocol_options",
+    "http2_protocol_options",
+    "typed_extension_protocol_options",
+    "dns_refresh_rate",
+    "dns_failure_refresh_rate",
+    "respect_dns_ttl",
+    "dns_lookup_family",
+    "dns_resolvers",
+    "use_tcp_for_dns_lookups",
+    "dns_resolution_config",
+    "typed_dns_resolver_config",
+    "wait_for_warm_on_init",
+    "cleanup_interval",
+    "upstream_bind_config",
+    "lb_subset_config",
+    "ring_hash_lb_config",
+    "maglev_lb_config",
+    "original_dst_lb_config",
+    "least_request_lb_config",
+    "round_robin_lb_config",
+    "common_lb_config",
+    "transport_socket",
+    "metadata",
+    "protocol_selection",
+    "upstream_connection_options",
+    "close_connections_on_host_health_failure",
+    "ignore_health_on_host_removal",
+    "filters",
+    "lrs_server",
+    "track_timeout_budgets",
+    "upstream_config",
+    "track_cluster_stats",
+    "preconnect_policy",
+    "connection_pool_per_downstream_connection",
+    "transport_socket_matches",
 ];
 
 /// Route options that turn a route into something other than a proxied HTTP route
@@ -180,7 +233,13 @@ pub(crate) const IGNORED_ROUTE: &[&str] = &[
 pub(crate) const UNSUPPORTED_ROUTE_ACTIONS: &[&str] = &["redirect", "response"];
 
 /// Route options Pomerium removed and refuses.
-pub(crate) const REMOVED_ROUTE: &[(&str, &str)] = &[(
-    "allowed_groups",
-    "`allowed_groups` was removed from pomerium; use `allowed_idp_claims` or a `policy` with `claim/groups`",
-)];
+pub(crate) const REMOVED_ROUTE: &[(&str, &str)] = &[
+    (
+        "allowed_groups",
+        "route option `allowed_groups` was removed from pomerium; use `allowed_idp_claims` or a `policy` with `claim/groups`",
+    ),
+    (
+        "set_authorization_header",
+        "route option `set_authorization_header` was removed from pomerium (see pomerium's upgrade guide)",
+    ),
+];

@@ -137,7 +137,6 @@ impl Reader {
         match &v.value {
             Value::Seq(items) => {
                 let mut out = Vec::with_capacity(items.len());
-                let mut ok = true;
                 for item in items {
                     match item.value.scalar_text() {
                         Some(s) => out.push(Spanned::new(item.span, s)),
@@ -149,11 +148,11 @@ impl Reader {
                                     item.value.kind()
                                 ),
                             );
-                            ok = false;
                         }
                     }
                 }
-                ok.then_some(out)
+                // Bad items are reported; the good ones are kept so later checks still run.
+                Some(out)
             }
             Value::Null => Some(Vec::new()),
             _ => match v.value.scalar_text() {
@@ -186,7 +185,6 @@ impl Reader {
             return None;
         };
         let mut out = BTreeMap::new();
-        let mut ok = true;
         for (k, val) in entries {
             match val.value.scalar_text() {
                 Some(s) => {
@@ -204,11 +202,11 @@ impl Reader {
                             k.value
                         ),
                     );
-                    ok = false;
                 }
             }
         }
-        ok.then_some(out)
+        // Bad values are reported; the good entries are kept so later checks still run.
+        Some(out)
     }
 
     /// The entries of a map (for nested option objects).
