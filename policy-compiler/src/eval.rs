@@ -20,7 +20,7 @@ use core::cell::OnceCell;
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 
-pub use decode::BundleError;
+pub use decode::{BundleError, MAX_DEPTH, compile_route_regex};
 
 // ---------------------------------------------------------------------------------------------
 // Public input types

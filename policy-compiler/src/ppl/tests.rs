@@ -1,0 +1,1 @@
+//! PPL parser tests.
