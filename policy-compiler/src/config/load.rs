@@ -126,6 +126,7 @@ pub fn load_str_in(
     }
     let root = value::parse(file_name, text)?;
     let mut l = Loader {
+        file: file_name.to_owned(),
         diags: Diagnostics::new(),
         values: HashMap::new(),
         base_dir: base_dir.filter(|d| !d.as_os_str().is_empty()),
@@ -143,6 +144,8 @@ pub fn load_str_in(
 }
 
 struct Loader<'a> {
+    /// The config file's name (for diagnostics about the file as a whole).
+    file: String,
     diags: Diagnostics,
     /// Option name → (source name, value): the file's value, replaced by the env's.
     values: HashMap<&'static str, (String, Spanned<Value>)>,
@@ -661,7 +664,7 @@ impl Loader<'_> {
             }
         } else if !self.is_set(name) && !from_file {
             self.diags.warning(
-                "",
+                &self.file,
                 Span::NONE,
                 format!(
                     "`{name}` is not set; a random one was generated: every portcullis process (sidecar, filter) must use the same value, so set it explicitly outside of tests"
@@ -671,7 +674,7 @@ impl Loader<'_> {
         let mut bytes = [0u8; 32];
         if let Err(e) = getrandom::fill(&mut bytes) {
             self.diags.error(
-                "",
+                &self.file,
                 Span::NONE,
                 format!("cannot generate a random `{name}`: {e}"),
             );

@@ -53,6 +53,13 @@ fn missing_secrets_are_generated_with_a_warning() {
     assert_ne!(l.config.shared_secret.secret, l.config.cookie_secret.secret);
     assert_eq!(l.warnings.len(), 2, "{}", l.warnings);
     assert!(l.warnings.iter().all(|w| w.severity == Severity::Warning));
+    assert!(
+        l.warnings
+            .to_string()
+            .starts_with("c.yaml: warning: `cookie_secret` is not set; a random one was generated"),
+        "{}",
+        l.warnings
+    );
 }
 
 #[test]
