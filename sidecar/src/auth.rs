@@ -140,7 +140,10 @@ pub async fn setup(settings: &Settings) -> Result<Setup, StartupError> {
         Some(u) => {
             let url = Url::parse(u).map_err(|e| setting_error("authenticate_service_url", e))?;
             if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
-                return Err(setting_error("authenticate_service_url", "must be an http(s) URL with a host"));
+                return Err(setting_error(
+                    "authenticate_service_url",
+                    "must be an http(s) URL with a host",
+                ));
             }
             Some(url)
         }
@@ -172,11 +175,17 @@ pub async fn setup(settings: &Settings) -> Result<Setup, StartupError> {
                     "required when idp_provider_url is set (the OAuth redirect URL is derived from it)",
                 ));
             };
-            let provider = Arc::new(OidcProvider::new(issuer).map_err(|e| setting_error("idp_provider_url", e))?);
+            let provider = Arc::new(
+                OidcProvider::new(issuer).map_err(|e| setting_error("idp_provider_url", e))?,
+            );
             let redirect = auth
                 .join(CALLBACK_PATH)
                 .map_err(|e| setting_error("authenticate_service_url", e))?;
-            for c in settings.idp_client.iter().chain(settings.route_idp_clients.iter()) {
+            for c in settings
+                .idp_client
+                .iter()
+                .chain(settings.route_idp_clients.iter())
+            {
                 if clients.contains_key(&c.client_id) {
                     continue;
                 }
@@ -191,7 +200,10 @@ pub async fn setup(settings: &Settings) -> Result<Setup, StartupError> {
                     )
                     .map_err(|e| setting_error("idp_client_id", e))?,
                 );
-                idps.insert(c.client_id.clone(), client.clone() as Arc<dyn IdentityProvider>);
+                idps.insert(
+                    c.client_id.clone(),
+                    client.clone() as Arc<dyn IdentityProvider>,
+                );
                 clients.insert(c.client_id.clone(), client);
             }
             Some(provider)
@@ -239,8 +251,12 @@ pub async fn setup(settings: &Settings) -> Result<Setup, StartupError> {
 fn route_targets(settings: &Settings, default_client_id: &str) -> Vec<RouteTarget> {
     let mut out: Vec<RouteTarget> = Vec::new();
     for r in &settings.login_routes {
-        let Some(url) = Url::parse(&r.from).ok() else { continue };
-        let Some(host) = urls::url_authority(&url) else { continue };
+        let Some(url) = Url::parse(&r.from).ok() else {
+            continue;
+        };
+        let Some(host) = urls::url_authority(&url) else {
+            continue;
+        };
         if out.iter().any(|t| t.host == host) {
             // First route of a host wins (Pomerium matches routes in order).
             continue;
@@ -248,10 +264,17 @@ fn route_targets(settings: &Settings, default_client_id: &str) -> Vec<RouteTarge
         out.push(RouteTarget {
             scheme: url.scheme().to_owned(),
             host,
-            client_id: r.idp_client_id.clone().unwrap_or_else(|| default_client_id.to_owned()),
+            client_id: r
+                .idp_client_id
+                .clone()
+                .unwrap_or_else(|| default_client_id.to_owned()),
         });
     }
-    let scheme = if settings.insecure_server { "http" } else { "https" };
+    let scheme = if settings.insecure_server {
+        "http"
+    } else {
+        "https"
+    };
     for h in &settings.route_hosts {
         let host = urls::normalize_authority(h, scheme);
         if !out.iter().any(|t| t.host == host) {
@@ -381,10 +404,9 @@ type LoginResult = Result<Response, LoginError>;
 // ---- helpers -----------------------------------------------------------------------------
 
 fn login_state(state: &AppState) -> Result<&Arc<LoginState>, LoginError> {
-    state
-        .login
-        .as_ref()
-        .ok_or(LoginError::NotConfigured("This sidecar was started without a login flow."))
+    state.login.as_ref().ok_or(LoginError::NotConfigured(
+        "This sidecar was started without a login flow.",
+    ))
 }
 
 fn query(uri: &Uri) -> HashMap<String, String> {
@@ -408,7 +430,10 @@ fn redirect(location: &str) -> Response {
     match HeaderValue::from_str(location) {
         Ok(v) => (
             StatusCode::FOUND,
-            [(header::LOCATION, v), (header::CACHE_CONTROL, HeaderValue::from_static("no-store"))],
+            [
+                (header::LOCATION, v),
+                (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
+            ],
         )
             .into_response(),
         Err(_) => LoginError::Internal("unencodable redirect".into()).into_response(),
@@ -430,7 +455,11 @@ fn cookie_values(headers: &HeaderMap, name: &str) -> Vec<String> {
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .flat_map(|h| cookie::cookie_values(h, name).map(str::to_owned).collect::<Vec<_>>())
+        .flat_map(|h| {
+            cookie::cookie_values(h, name)
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
         .collect()
 }
 
@@ -460,15 +489,17 @@ impl LoginState {
     }
 
     fn client(&self, client_id: &str) -> Result<&Arc<OidcClient>, LoginError> {
-        self.clients
-            .get(client_id)
-            .ok_or(LoginError::NotConfigured("No identity provider client is configured for this route."))
+        self.clients.get(client_id).ok_or(LoginError::NotConfigured(
+            "No identity provider client is configured for this route.",
+        ))
     }
 
     fn authenticate_url(&self, path: &str) -> Result<Url, LoginError> {
         self.authenticate
             .as_ref()
-            .ok_or(LoginError::NotConfigured("authenticate_service_url is not set."))?
+            .ok_or(LoginError::NotConfigured(
+                "authenticate_service_url is not set.",
+            ))?
             .join(path)
             .map_err(|e| LoginError::Internal(e.to_string()))
     }
@@ -507,9 +538,15 @@ impl LoginState {
     }
 
     /// The session cookie for `session` on `host`: sealed value and `Set-Cookie` header.
-    fn session_cookie(&self, session: &Session, host: &str) -> Result<(String, String), LoginError> {
+    fn session_cookie(
+        &self,
+        session: &Session,
+        host: &str,
+    ) -> Result<(String, String), LoginError> {
         let now = now_unix();
-        let expires_at = session.expires_at.min(now.saturating_add(self.cookie.expire_secs));
+        let expires_at = session
+            .expires_at
+            .min(now.saturating_add(self.cookie.expire_secs));
         let mut nonce = [0u8; 24];
         getrandom::fill(&mut nonce).map_err(|e| LoginError::Internal(e.to_string()))?;
         let value = cookie::seal(
@@ -520,7 +557,12 @@ impl LoginState {
             nonce,
         )
         .ok_or_else(|| LoginError::Internal("session id not sealable".into()))?;
-        let header = self.set_cookie(&self.cookie.name, &value, expires_at.saturating_sub(now).max(1), host);
+        let header = self.set_cookie(
+            &self.cookie.name,
+            &value,
+            expires_at.saturating_sub(now).max(1),
+            host,
+        );
         Ok((value, header))
     }
 
@@ -529,12 +571,20 @@ impl LoginState {
     }
 
     fn csrf_cookie_name(&self, login_nonce: &str) -> String {
-        format!("{}_csrf_{}", self.cookie.name, login_nonce.get(..8).unwrap_or(login_nonce))
+        format!(
+            "{}_csrf_{}",
+            self.cookie.name,
+            login_nonce.get(..8).unwrap_or(login_nonce)
+        )
     }
 }
 
 /// The live session the request's cookie names, if any (first cookie that opens wins).
-async fn current_session(state: &AppState, login: &LoginState, headers: &HeaderMap) -> Result<Option<Session>, LoginError> {
+async fn current_session(
+    state: &AppState,
+    login: &LoginState,
+    headers: &HeaderMap,
+) -> Result<Option<Session>, LoginError> {
     let now = now_u64();
     for value in cookie_values(headers, &login.cookie.name) {
         let Ok(opened) = cookie::open(&login.cookie_key, &login.cookie.name, &value, now) else {
@@ -548,47 +598,72 @@ async fn current_session(state: &AppState, login: &LoginState, headers: &HeaderM
 }
 
 /// Validate a return URL: parseable, http(s), and on a configured route host.
-fn checked_return_url<'a>(login: &'a LoginState, raw: &str) -> Result<(Url, &'a RouteTarget), LoginError> {
-    let url = urls::parse_redirect_target(raw).ok_or(LoginError::BadRequest("The return address is not a valid web address."))?;
-    let host = urls::url_authority(&url).ok_or(LoginError::BadRequest("The return address has no host."))?;
+fn checked_return_url<'a>(
+    login: &'a LoginState,
+    raw: &str,
+) -> Result<(Url, &'a RouteTarget), LoginError> {
+    let url = urls::parse_redirect_target(raw).ok_or(LoginError::BadRequest(
+        "The return address is not a valid web address.",
+    ))?;
+    let host = urls::url_authority(&url)
+        .ok_or(LoginError::BadRequest("The return address has no host."))?;
     let route = login
         .route(&host)
         .filter(|r| r.scheme == url.scheme())
-        .ok_or(LoginError::BadRequest("The return address is not one of the configured applications."))?;
+        .ok_or(LoginError::BadRequest(
+            "The return address is not one of the configured applications.",
+        ))?;
     Ok((url, route))
 }
 
 // ---- sign in -----------------------------------------------------------------------------
 
 async fn sign_in(State(state): State<AppState>, headers: HeaderMap, uri: Uri) -> Response {
-    sign_in_inner(&state, &headers, &uri).await.unwrap_or_else(IntoResponse::into_response)
+    sign_in_inner(&state, &headers, &uri)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
 }
 
 async fn sign_in_inner(state: &AppState, headers: &HeaderMap, uri: &Uri) -> LoginResult {
     let login = login_state(state)?;
     let q = query(uri);
-    let raw = q.get(PARAM_REDIRECT_URI).ok_or(LoginError::BadRequest("The sign-in link has no return address."))?;
+    let raw = q.get(PARAM_REDIRECT_URI).ok_or(LoginError::BadRequest(
+        "The sign-in link has no return address.",
+    ))?;
     let issued: u64 = q
         .get(PARAM_ISSUED)
         .and_then(|s| s.parse().ok())
         .ok_or(LoginError::BadRequest("The sign-in link is incomplete."))?;
-    let signature = q.get(PARAM_SIGNATURE).ok_or(LoginError::BadRequest("The sign-in link is not signed."))?;
+    let signature = q
+        .get(PARAM_SIGNATURE)
+        .ok_or(LoginError::BadRequest("The sign-in link is not signed."))?;
     let now = now_u64();
 
     let (return_url, route, programmatic) = match q.get(PARAM_PROGRAMMATIC) {
         Some(host) => {
-            if !login.flow.check_programmatic(host, raw, issued, signature, now) {
-                return Err(LoginError::BadRequest("The sign-in link is invalid or has expired."));
+            if !login
+                .flow
+                .check_programmatic(host, raw, issued, signature, now)
+            {
+                return Err(LoginError::BadRequest(
+                    "The sign-in link is invalid or has expired.",
+                ));
             }
-            let route = login.route(host).ok_or(LoginError::BadRequest("The application is not configured."))?;
+            let route = login
+                .route(host)
+                .ok_or(LoginError::BadRequest("The application is not configured."))?;
             let url = urls::parse_redirect_target(raw)
                 .filter(|u| urls::programmatic_allowed(u, &login.whitelist))
-                .ok_or(LoginError::BadRequest("The return address is not allowed for programmatic login."))?;
+                .ok_or(LoginError::BadRequest(
+                    "The return address is not allowed for programmatic login.",
+                ))?;
             (url, route, true)
         }
         None => {
             if !login.redirect_key.verify(raw, issued, signature, now) {
-                return Err(LoginError::BadRequest("The sign-in link is invalid or has expired."));
+                return Err(LoginError::BadRequest(
+                    "The sign-in link is invalid or has expired.",
+                ));
             }
             let (url, route) = checked_return_url(login, raw)?;
             (url, route, false)
@@ -603,7 +678,15 @@ async fn sign_in_inner(state: &AppState, headers: &HeaderMap, uri: &Uri) -> Logi
         && let Some(session) = current_session(state, login, headers).await?
         && session.client_id == route.client_id
     {
-        return finish_login(login, &session, &host, route, &return_url, false, Vec::new());
+        return finish_login(
+            login,
+            &session,
+            &host,
+            route,
+            &return_url,
+            false,
+            Vec::new(),
+        );
     }
 
     let client = login.client(&route.client_id)?;
@@ -616,9 +699,16 @@ async fn sign_in_inner(state: &AppState, headers: &HeaderMap, uri: &Uri) -> Logi
         programmatic,
         expires_at: now_unix().saturating_add(LOGIN_STATE_TTL_SECS),
     };
-    let sealed = login.flow.seal_state(&st).map_err(|e| LoginError::Internal(e.to_string()))?;
+    let sealed = login
+        .flow
+        .seal_state(&st)
+        .map_err(|e| LoginError::Internal(e.to_string()))?;
     let authorize = client
-        .authorize_url(&sealed, &login.flow.oidc_nonce(&sealed), &login.flow.pkce_verifier(&sealed))
+        .authorize_url(
+            &sealed,
+            &login.flow.oidc_nonce(&sealed),
+            &login.flow.pkce_verifier(&sealed),
+        )
         .await
         .map_err(LoginError::Idp)?;
     let csrf_name = login.csrf_cookie_name(&login_nonce);
@@ -665,8 +755,11 @@ fn finish_login(
             expires_at: now_unix().saturating_add(HANDOFF_TTL_SECS),
         })
         .map_err(|e| LoginError::Internal(e.to_string()))?;
-    let mut target = Url::parse(&format!("{}://{}{}", route.scheme, route.host, HANDOFF_PATH))
-        .map_err(|e| LoginError::Internal(e.to_string()))?;
+    let mut target = Url::parse(&format!(
+        "{}://{}{}",
+        route.scheme, route.host, HANDOFF_PATH
+    ))
+    .map_err(|e| LoginError::Internal(e.to_string()))?;
     target.query_pairs_mut().append_pair(PARAM_HANDOFF, &token);
     Ok(with_cookies(redirect(target.as_str()), &cookies))
 }
@@ -690,12 +783,24 @@ async fn callback_inner(state: &AppState, headers: &HeaderMap, uri: &Uri) -> Log
         tracing::info!(idp_error = %error, "the identity provider returned an error to the callback");
         return Err(LoginError::Forbidden(error.clone()));
     }
-    let raw_state = q.get("state").ok_or(LoginError::BadRequest("The sign-in response has no state."))?;
-    let code = q.get("code").ok_or(LoginError::BadRequest("The sign-in response has no code."))?;
+    let raw_state = q
+        .get("state")
+        .ok_or(LoginError::BadRequest("The sign-in response has no state."))?;
+    let code = q
+        .get("code")
+        .ok_or(LoginError::BadRequest("The sign-in response has no code."))?;
     let st = match login.flow.open_state(raw_state, now_unix()) {
         Ok(s) => s,
-        Err(TokenError::Expired) => return Err(LoginError::BadRequest("The sign-in took too long and has expired.")),
-        Err(_) => return Err(LoginError::BadRequest("The sign-in state is invalid or was tampered with.")),
+        Err(TokenError::Expired) => {
+            return Err(LoginError::BadRequest(
+                "The sign-in took too long and has expired.",
+            ));
+        }
+        Err(_) => {
+            return Err(LoginError::BadRequest(
+                "The sign-in state is invalid or was tampered with.",
+            ));
+        }
     };
     let csrf_name = login.csrf_cookie_name(&st.nonce);
     if !cookie_values(headers, &csrf_name)
@@ -706,14 +811,18 @@ async fn callback_inner(state: &AppState, headers: &HeaderMap, uri: &Uri) -> Log
             "This sign-in was not started in this browser (missing or wrong CSRF cookie).",
         ));
     }
-    let route = login
-        .route(&st.host)
-        .ok_or(LoginError::BadRequest("The application is no longer configured."))?;
-    let return_url = urls::parse_redirect_target(&st.return_url).ok_or(LoginError::BadRequest("Invalid return address."))?;
+    let route = login.route(&st.host).ok_or(LoginError::BadRequest(
+        "The application is no longer configured.",
+    ))?;
+    let return_url = urls::parse_redirect_target(&st.return_url)
+        .ok_or(LoginError::BadRequest("Invalid return address."))?;
     let client = login.client(&st.client_id)?;
     let verifier = login.flow.pkce_verifier(raw_state);
     let nonce = login.flow.oidc_nonce(raw_state);
-    let tokens = client.exchange_code(code, &verifier, &nonce).await.map_err(idp_login_error)?;
+    let tokens = client
+        .exchange_code(code, &verifier, &nonce)
+        .await
+        .map_err(idp_login_error)?;
     let sub = tokens
         .id_token
         .claims
@@ -722,13 +831,18 @@ async fn callback_inner(state: &AppState, headers: &HeaderMap, uri: &Uri) -> Log
         .filter(|s| !s.is_empty())
         .ok_or_else(|| LoginError::Idp(IdpError::Protocol("ID token without sub".into())))?
         .to_owned();
-    let user_info = client.user_info(&tokens.tokens.access_token).await.map_err(idp_login_error)?;
+    let user_info = client
+        .user_info(&tokens.tokens.access_token)
+        .await
+        .map_err(idp_login_error)?;
     // OIDC Core 5.3.2: the user-info `sub` must be the ID token's, or the response is
     // not about this user.
     if let Some(ui_sub) = user_info.get("sub")
         && ui_sub.as_str() != Some(sub.as_str())
     {
-        return Err(LoginError::Idp(IdpError::Protocol("user info sub differs from the ID token".into())));
+        return Err(LoginError::Idp(IdpError::Protocol(
+            "user info sub differs from the ID token".into(),
+        )));
     }
     let session = state
         .sessions
@@ -738,14 +852,24 @@ async fn callback_inner(state: &AppState, headers: &HeaderMap, uri: &Uri) -> Log
             tokens: tokens.tokens,
             user_info,
             client_id: st.client_id.clone(),
-            lifetime: std::time::Duration::from_secs(u64::try_from(login.cookie.expire_secs).unwrap_or(0)),
+            lifetime: std::time::Duration::from_secs(
+                u64::try_from(login.cookie.expire_secs).unwrap_or(0),
+            ),
         })
         .await?;
     state.metrics.logins.inc();
     tracing::info!(session = %short(&session.id), user = %session.user_id, "signed in");
     let host = request_host(headers, uri).unwrap_or_else(|| login.authenticate_host.clone());
     let clear_csrf = login.clear_cookie(&csrf_name, "");
-    finish_login(login, &session, &host, route, &return_url, st.programmatic, vec![clear_csrf])
+    finish_login(
+        login,
+        &session,
+        &host,
+        route,
+        &return_url,
+        st.programmatic,
+        vec![clear_csrf],
+    )
 }
 
 fn idp_login_error(e: IdpError) -> LoginError {
@@ -762,39 +886,64 @@ fn short(id: &str) -> &str {
 // ---- hand-off on the route host ----------------------------------------------------------
 
 async fn handoff(State(state): State<AppState>, headers: HeaderMap, uri: Uri) -> Response {
-    handoff_inner(&state, &headers, &uri).await.unwrap_or_else(IntoResponse::into_response)
+    handoff_inner(&state, &headers, &uri)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
 }
 
 async fn handoff_inner(state: &AppState, headers: &HeaderMap, uri: &Uri) -> LoginResult {
     let login = login_state(state)?;
     let q = query(uri);
-    let raw = q.get(PARAM_HANDOFF).ok_or(LoginError::BadRequest("The sign-in hand-off is missing."))?;
+    let raw = q
+        .get(PARAM_HANDOFF)
+        .ok_or(LoginError::BadRequest("The sign-in hand-off is missing."))?;
     let h = match login.flow.open_handoff(raw, now_unix()) {
         Ok(h) => h,
-        Err(TokenError::Expired) => return Err(LoginError::BadRequest("The sign-in hand-off has expired.")),
-        Err(_) => return Err(LoginError::BadRequest("The sign-in hand-off is invalid or was tampered with.")),
+        Err(TokenError::Expired) => {
+            return Err(LoginError::BadRequest("The sign-in hand-off has expired."));
+        }
+        Err(_) => {
+            return Err(LoginError::BadRequest(
+                "The sign-in hand-off is invalid or was tampered with.",
+            ));
+        }
     };
-    let host = request_host(headers, uri).ok_or(LoginError::BadRequest("The request has no host."))?;
+    let host =
+        request_host(headers, uri).ok_or(LoginError::BadRequest("The request has no host."))?;
     let route = login
         .route(&host)
         .filter(|r| r.host == h.host)
-        .ok_or(LoginError::BadRequest("The sign-in hand-off is for another application."))?;
+        .ok_or(LoginError::BadRequest(
+            "The sign-in hand-off is for another application.",
+        ))?;
     let (return_url, _) = checked_return_url(login, &h.return_url)?;
     if urls::url_authority(&return_url).as_deref() != Some(route.host.as_str()) {
-        return Err(LoginError::BadRequest("The sign-in hand-off is for another application."));
+        return Err(LoginError::BadRequest(
+            "The sign-in hand-off is for another application.",
+        ));
     }
     // Single use, across replicas: the first redeemer takes a lease named after the token
     // id until the token expires; a replay finds it taken.
     let holder = tokens::random_b64(12).map_err(|e| LoginError::Internal(e.to_string()))?;
-    let ttl_ms = u64::try_from(h.expires_at.saturating_sub(now_unix()).saturating_add(5)).unwrap_or(1) * 1000;
-    if !state.store.try_lease(&format!("handoff:{}", h.id), &holder, ttl_ms).await? {
-        return Err(LoginError::BadRequest("The sign-in hand-off was already used."));
+    let ttl_ms = u64::try_from(h.expires_at.saturating_sub(now_unix()).saturating_add(5))
+        .unwrap_or(1)
+        * 1000;
+    if !state
+        .store
+        .try_lease(&format!("handoff:{}", h.id), &holder, ttl_ms)
+        .await?
+    {
+        return Err(LoginError::BadRequest(
+            "The sign-in hand-off was already used.",
+        ));
     }
     let session = state
         .sessions
         .get(&h.session_id)
         .await?
-        .ok_or(LoginError::Unauthorized("The session ended before it reached the application."))?;
+        .ok_or(LoginError::Unauthorized(
+            "The session ended before it reached the application.",
+        ))?;
     let (_, set_cookie) = login.session_cookie(&session, &route.host)?;
     Ok(with_cookies(redirect(return_url.as_str()), &[set_cookie]))
 }
@@ -802,7 +951,9 @@ async fn handoff_inner(state: &AppState, headers: &HeaderMap, uri: &Uri) -> Logi
 // ---- user info ---------------------------------------------------------------------------
 
 async fn user_info(State(state): State<AppState>, headers: HeaderMap, uri: Uri) -> Response {
-    user_info_inner(&state, &headers, &uri).await.unwrap_or_else(IntoResponse::into_response)
+    user_info_inner(&state, &headers, &uri)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
 }
 
 async fn user_info_inner(state: &AppState, headers: &HeaderMap, uri: &Uri) -> LoginResult {
@@ -810,17 +961,26 @@ async fn user_info_inner(state: &AppState, headers: &HeaderMap, uri: &Uri) -> Lo
     let host = request_host(headers, uri).unwrap_or_default();
     let session = current_session(state, login, headers)
         .await?
-        .ok_or(LoginError::Unauthorized("There is no active session for this site."))?;
-    Ok(pages::user_info_page(&session, &host, &login.flow.sign_out_token(&session.id)))
+        .ok_or(LoginError::Unauthorized(
+            "There is no active session for this site.",
+        ))?;
+    Ok(pages::user_info_page(
+        &session,
+        &host,
+        &login.flow.sign_out_token(&session.id),
+    ))
 }
 
 /// `/.pomerium/user`: the session's claims as JSON (exactly the stored claims).
 async fn user_json(State(state): State<AppState>, headers: HeaderMap) -> Response {
     let result: LoginResult = async {
         let login = login_state(&state)?;
-        let session = current_session(&state, login, &headers)
-            .await?
-            .ok_or(LoginError::Unauthorized("There is no active session for this site."))?;
+        let session =
+            current_session(&state, login, &headers)
+                .await?
+                .ok_or(LoginError::Unauthorized(
+                    "There is no active session for this site.",
+                ))?;
         Ok((
             [(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))],
             axum::Json(serde_json::Value::Object(session.claims)),
@@ -835,18 +995,32 @@ async fn user_json(State(state): State<AppState>, headers: HeaderMap) -> Respons
 
 async fn sign_out_get(State(state): State<AppState>, headers: HeaderMap, uri: Uri) -> Response {
     let token = query(&uri).remove(PARAM_CSRF);
-    sign_out(&state, &headers, &uri, token).await.unwrap_or_else(IntoResponse::into_response)
+    sign_out(&state, &headers, &uri, token)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
 }
 
-async fn sign_out_post(State(state): State<AppState>, headers: HeaderMap, uri: Uri, body: Bytes) -> Response {
+async fn sign_out_post(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    uri: Uri,
+    body: Bytes,
+) -> Response {
     let token = url::form_urlencoded::parse(&body)
         .find(|(k, _)| k == PARAM_CSRF)
         .map(|(_, v)| v.into_owned())
         .or_else(|| query(&uri).remove(PARAM_CSRF));
-    sign_out(&state, &headers, &uri, token).await.unwrap_or_else(IntoResponse::into_response)
+    sign_out(&state, &headers, &uri, token)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
 }
 
-async fn sign_out(state: &AppState, headers: &HeaderMap, uri: &Uri, token: Option<String>) -> LoginResult {
+async fn sign_out(
+    state: &AppState,
+    headers: &HeaderMap,
+    uri: &Uri,
+    token: Option<String>,
+) -> LoginResult {
     let login = login_state(state)?;
     let host = request_host(headers, uri).unwrap_or_default();
     let clear = login.clear_cookie(&login.cookie.name, &host);
@@ -893,24 +1067,39 @@ async fn signed_out() -> Response {
 
 // ---- programmatic login ------------------------------------------------------------------
 
-async fn programmatic_login(State(state): State<AppState>, headers: HeaderMap, uri: Uri) -> Response {
-    programmatic_inner(&state, &headers, &uri).await.unwrap_or_else(IntoResponse::into_response)
+async fn programmatic_login(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Response {
+    programmatic_inner(&state, &headers, &uri)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
 }
 
 async fn programmatic_inner(state: &AppState, headers: &HeaderMap, uri: &Uri) -> LoginResult {
     let login = login_state(state)?;
     let q = query(uri);
-    let raw = q.get(PARAM_REDIRECT_URI).ok_or(LoginError::BadRequest("pomerium_redirect_uri is required."))?;
-    let target = urls::parse_redirect_target(raw).ok_or(LoginError::BadRequest("pomerium_redirect_uri is not a valid URL."))?;
+    let raw = q
+        .get(PARAM_REDIRECT_URI)
+        .ok_or(LoginError::BadRequest("pomerium_redirect_uri is required."))?;
+    let target = urls::parse_redirect_target(raw).ok_or(LoginError::BadRequest(
+        "pomerium_redirect_uri is not a valid URL.",
+    ))?;
     if !urls::programmatic_allowed(&target, &login.whitelist) {
         return Err(LoginError::BadRequest(
             "pomerium_redirect_uri is not in programmatic_redirect_domain_whitelist.",
         ));
     }
-    let host = request_host(headers, uri).ok_or(LoginError::BadRequest("The request has no host."))?;
-    let route = login.route(&host).ok_or(LoginError::BadRequest("This host is not a configured application."))?;
+    let host =
+        request_host(headers, uri).ok_or(LoginError::BadRequest("The request has no host."))?;
+    let route = login.route(&host).ok_or(LoginError::BadRequest(
+        "This host is not a configured application.",
+    ))?;
     let issued = now_u64();
-    let signature = login.flow.programmatic_signature(&route.host, target.as_str(), issued);
+    let signature = login
+        .flow
+        .programmatic_signature(&route.host, target.as_str(), issued);
     let mut url = login.authenticate_url(SIGN_IN_PATH)?;
     url.query_pairs_mut()
         .append_pair(PARAM_REDIRECT_URI, target.as_str())
@@ -919,7 +1108,10 @@ async fn programmatic_inner(state: &AppState, headers: &HeaderMap, uri: &Uri) ->
         .append_pair(PARAM_SIGNATURE, &signature);
     Ok((
         [
-            (header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8")),
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; charset=utf-8"),
+            ),
             (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
         ],
         url.to_string(),
@@ -931,7 +1123,10 @@ async fn programmatic_inner(state: &AppState, headers: &HeaderMap, uri: &Uri) ->
 
 async fn jwks(State(state): State<AppState>) -> Response {
     (
-        [(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=60"))],
+        [(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("public, max-age=60"),
+        )],
         axum::Json(state.signer.jwks()),
     )
         .into_response()

@@ -114,7 +114,13 @@ impl JwtSigner {
     ///
     /// Pomerium's claims: `iss`, `aud`, `iat`, `exp`, `jti`, `sub`, `user`, `sid`, `email`,
     /// `groups`, `name`, plus every claim named in `jwt_claims_headers` the session has.
-    pub fn claims(&self, session: &Session, audience: &str, now: i64, jti: &str) -> Map<String, Value> {
+    pub fn claims(
+        &self,
+        session: &Session,
+        audience: &str,
+        now: i64,
+        jti: &str,
+    ) -> Map<String, Value> {
         let mut out = Map::new();
         // Configured extra claims first, so the standard ones below always win.
         for name in &self.extra_claims {
@@ -260,9 +266,13 @@ fn parse_key(text: &str) -> Result<Key, KeyError> {
 fn rsa_key(k: rsa::RsaPrivateKey) -> Result<Key, KeyError> {
     use rsa::traits::PublicKeyParts as _;
     if k.size() < 256 {
-        return Err(KeyError::Invalid("RSA keys must have at least 2048 bits".into()));
+        return Err(KeyError::Invalid(
+            "RSA keys must have at least 2048 bits".into(),
+        ));
     }
-    Ok(Key::Rs256(Box::new(rsa::pkcs1v15::SigningKey::<sha2::Sha256>::new(k))))
+    Ok(Key::Rs256(Box::new(rsa::pkcs1v15::SigningKey::<
+        sha2::Sha256,
+    >::new(k))))
 }
 
 /// The public JWK and its RFC 7638 thumbprint (the `kid`).
@@ -270,10 +280,18 @@ fn public_jwk(key: &Key) -> (Value, String) {
     match key {
         Key::Es256(k) => {
             let point = k.verifying_key().to_sec1_point(false);
-            let x = point.x().map(|x| URL_SAFE_NO_PAD.encode(x)).unwrap_or_default();
-            let y = point.y().map(|y| URL_SAFE_NO_PAD.encode(y)).unwrap_or_default();
+            let x = point
+                .x()
+                .map(|x| URL_SAFE_NO_PAD.encode(x))
+                .unwrap_or_default();
+            let y = point
+                .y()
+                .map(|y| URL_SAFE_NO_PAD.encode(y))
+                .unwrap_or_default();
             // RFC 7638: required members only, lexicographic order, no whitespace.
-            let kid = thumbprint(&format!(r#"{{"crv":"P-256","kty":"EC","x":"{x}","y":"{y}"}}"#));
+            let kid = thumbprint(&format!(
+                r#"{{"crv":"P-256","kty":"EC","x":"{x}","y":"{y}"}}"#
+            ));
             let jwk = json!({"kty": "EC", "crv": "P-256", "x": x, "y": y, "kid": kid, "alg": "ES256", "use": "sig"});
             (jwk, kid)
         }
@@ -283,7 +301,8 @@ fn public_jwk(key: &Key) -> (Value, String) {
             let n = URL_SAFE_NO_PAD.encode(public.n().to_bytes_be());
             let e = URL_SAFE_NO_PAD.encode(public.e().to_bytes_be());
             let kid = thumbprint(&format!(r#"{{"e":"{e}","kty":"RSA","n":"{n}"}}"#));
-            let jwk = json!({"kty": "RSA", "n": n, "e": e, "kid": kid, "alg": "RS256", "use": "sig"});
+            let jwk =
+                json!({"kty": "RSA", "n": n, "e": e, "kid": kid, "alg": "RS256", "use": "sig"});
             (jwk, kid)
         }
     }

@@ -104,7 +104,8 @@ pub fn transport_allowed(url: &Url) -> bool {
 struct Discovered {
     meta: ProviderMeta,
     jwks: RwLock<CoreJsonWebKeySet>,
-    last_jwks_fetch: Mutex<Instant>,
+    /// When the JWKS was last refetched (`None`: only the discovery fetch so far).
+    last_jwks_fetch: Mutex<Option<Instant>>,
 }
 
 /// One OpenID provider (issuer): discovery and JWKS, shared by all its clients.
@@ -116,7 +117,9 @@ pub struct OidcProvider {
 
 impl std::fmt::Debug for OidcProvider {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OidcProvider").field("issuer", &self.issuer.as_str()).finish_non_exhaustive()
+        f.debug_struct("OidcProvider")
+            .field("issuer", &self.issuer.as_str())
+            .finish_non_exhaustive()
     }
 }
 
@@ -165,9 +168,15 @@ impl OidcProvider {
             .await
             .map_err(|e| unavailable("OIDC discovery failed", error_chain(&e)))?;
         for (what, url) in [
-            ("authorization_endpoint", Some(meta.authorization_endpoint().url())),
+            (
+                "authorization_endpoint",
+                Some(meta.authorization_endpoint().url()),
+            ),
             ("token_endpoint", meta.token_endpoint().map(|u| u.url())),
-            ("userinfo_endpoint", meta.userinfo_endpoint().map(|u| u.url())),
+            (
+                "userinfo_endpoint",
+                meta.userinfo_endpoint().map(|u| u.url()),
+            ),
             ("jwks_uri", Some(meta.jwks_uri().url())),
         ] {
             if let Some(url) = url
@@ -179,13 +188,15 @@ impl OidcProvider {
             }
         }
         if meta.token_endpoint().is_none() {
-            return Err(IdpError::Protocol("the provider has no token_endpoint".into()));
+            return Err(IdpError::Protocol(
+                "the provider has no token_endpoint".into(),
+            ));
         }
         let jwks = meta.jwks().clone();
         let d = Arc::new(Discovered {
             meta,
             jwks: RwLock::new(jwks),
-            last_jwks_fetch: Mutex::new(Instant::now()),
+            last_jwks_fetch: Mutex::new(None),
         });
         *slot = Some(d.clone());
         tracing::info!(issuer = self.issuer.as_str(), "OIDC provider discovered");
@@ -195,7 +206,7 @@ impl OidcProvider {
     /// Refetch the JWKS (after an unknown `kid`), rate-limited. Returns whether it did.
     async fn refetch_jwks(&self, d: &Discovered) -> Result<bool, IdpError> {
         let mut last = d.last_jwks_fetch.lock().await;
-        if last.elapsed() < JWKS_REFETCH_MIN_INTERVAL {
+        if last.is_some_and(|t| t.elapsed() < JWKS_REFETCH_MIN_INTERVAL) {
             return Ok(false);
         }
         let url: &JsonWebKeySetUrl = d.meta.jwks_uri();
@@ -203,15 +214,24 @@ impl OidcProvider {
             .await
             .map_err(|e| unavailable("fetching the provider JWKS failed", error_chain(&e)))?;
         *d.jwks.write().await = jwks;
-        *last = Instant::now();
-        tracing::info!(issuer = self.issuer.as_str(), "refetched the provider JWKS (unknown key id)");
+        *last = Some(Instant::now());
+        tracing::info!(
+            issuer = self.issuer.as_str(),
+            "refetched the provider JWKS (unknown key id)"
+        );
         Ok(true)
     }
 
     /// The `end_session_endpoint`, if the provider has one (and discovery works).
     pub async fn end_session_endpoint(&self) -> Option<Url> {
         let d = self.discovered().await.ok()?;
-        let url = Url::parse(d.meta.additional_metadata().end_session_endpoint.as_deref()?).ok()?;
+        let url = Url::parse(
+            d.meta
+                .additional_metadata()
+                .end_session_endpoint
+                .as_deref()?,
+        )
+        .ok()?;
         transport_allowed(&url).then_some(url)
     }
 }
@@ -316,22 +336,30 @@ impl OidcClient {
             }
             _ => AuthType::BasicAuth,
         };
-        Ok(CoreClient::new(self.client_id.clone(), d.meta.issuer().clone(), jwks)
-            .set_client_secret(self.client_secret.clone())
-            .set_auth_uri(d.meta.authorization_endpoint().clone())
-            .set_token_uri(token_uri)
-            .set_redirect_uri(self.redirect_uri.clone())
-            .set_auth_type(auth_type))
+        Ok(
+            CoreClient::new(self.client_id.clone(), d.meta.issuer().clone(), jwks)
+                .set_client_secret(self.client_secret.clone())
+                .set_auth_uri(d.meta.authorization_endpoint().clone())
+                .set_token_uri(token_uri)
+                .set_redirect_uri(self.redirect_uri.clone())
+                .set_auth_type(auth_type),
+        )
     }
 
     /// The authorization URL for a login with the given `state`, `nonce` and PKCE verifier
     /// (43–128 characters of `[A-Za-z0-9-._~]`).
-    pub async fn authorize_url(&self, state: &str, nonce: &str, pkce_verifier: &str) -> Result<Url, IdpError> {
+    pub async fn authorize_url(
+        &self,
+        state: &str,
+        nonce: &str,
+        pkce_verifier: &str,
+    ) -> Result<Url, IdpError> {
         let d = self.provider.discovered().await?;
         let jwks = d.jwks.read().await.clone();
         let client = self.client(&d, jwks)?;
-        let challenge =
-            PkceCodeChallenge::from_code_verifier_sha256(&PkceCodeVerifier::new(pkce_verifier.to_owned()));
+        let challenge = PkceCodeChallenge::from_code_verifier_sha256(&PkceCodeVerifier::new(
+            pkce_verifier.to_owned(),
+        ));
         let state = state.to_owned();
         let nonce = nonce.to_owned();
         let mut request = client
@@ -356,7 +384,12 @@ impl OidcClient {
 
     /// Exchange an authorization code (with its PKCE verifier) and verify the ID token
     /// (including `nonce`).
-    pub async fn exchange_code(&self, code: &str, pkce_verifier: &str, nonce: &str) -> Result<LoginTokens, IdpError> {
+    pub async fn exchange_code(
+        &self,
+        code: &str,
+        pkce_verifier: &str,
+        nonce: &str,
+    ) -> Result<LoginTokens, IdpError> {
         let d = self.provider.discovered().await?;
         let jwks = d.jwks.read().await.clone();
         let client = self.client(&d, jwks)?;
@@ -369,7 +402,9 @@ impl OidcClient {
         let id_token = response
             .id_token()
             .ok_or_else(|| IdpError::Protocol("the token response has no id_token".into()))?;
-        let verified = self.verify_id_token(&d, id_token, NonceCheck::Exactly(nonce)).await?;
+        let verified = self
+            .verify_id_token(&d, id_token, NonceCheck::Exactly(nonce))
+            .await?;
         let mut tokens = token_set(&response);
         tokens.id_token = Some(verified.clone());
         Ok(LoginTokens {
@@ -394,16 +429,18 @@ impl OidcClient {
                 jwks,
             );
             let result = match &nonce {
-                NonceCheck::Exactly(n) => id_token.claims(&verifier, &Nonce::new((*n).to_owned())).map(|_| ()),
+                NonceCheck::Exactly(n) => id_token
+                    .claims(&verifier, &Nonce::new((*n).to_owned()))
+                    .map(|_| ()),
                 NonceCheck::Skip => id_token
                     .claims(&verifier, |_: Option<&Nonce>| Ok::<(), String>(()))
                     .map(|_| ()),
             };
             match result {
                 Ok(()) => break,
-                Err(ClaimsVerificationError::SignatureVerification(SignatureVerificationError::NoMatchingKey))
-                    if !refetched =>
-                {
+                Err(ClaimsVerificationError::SignatureVerification(
+                    SignatureVerificationError::NoMatchingKey,
+                )) if !refetched => {
                     refetched = true;
                     if !self.provider.refetch_jwks(d).await? {
                         return Err(IdpError::Protocol(
@@ -447,7 +484,10 @@ impl OidcClient {
         Ok(tokens)
     }
 
-    async fn do_user_info(&self, access_token: &SecretString) -> Result<Map<String, Value>, IdpError> {
+    async fn do_user_info(
+        &self,
+        access_token: &SecretString,
+    ) -> Result<Map<String, Value>, IdpError> {
         let d = self.provider.discovered().await?;
         let Some(endpoint) = d.meta.userinfo_endpoint() else {
             // No user-info endpoint: the ID token is all there is.
@@ -464,10 +504,14 @@ impl OidcClient {
             .map_err(|e| unavailable("user info request failed", e))?;
         let status = response.status();
         if status == reqwest::StatusCode::UNAUTHORIZED || status == reqwest::StatusCode::FORBIDDEN {
-            return Err(IdpError::UserDisabled(format!("user info answered {status}")));
+            return Err(IdpError::UserDisabled(format!(
+                "user info answered {status}"
+            )));
         }
         if status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS {
-            return Err(IdpError::Unavailable(format!("user info answered {status}")));
+            return Err(IdpError::Unavailable(format!(
+                "user info answered {status}"
+            )));
         }
         if !status.is_success() {
             return Err(IdpError::Protocol(format!("user info answered {status}")));
@@ -499,7 +543,10 @@ impl IdentityProvider for OidcClient {
         Box::pin(async move { self.do_refresh(&rt).await })
     }
 
-    fn user_info(&self, access_token: &SecretString) -> BoxFuture<'_, Result<Map<String, Value>, IdpError>> {
+    fn user_info(
+        &self,
+        access_token: &SecretString,
+    ) -> BoxFuture<'_, Result<Map<String, Value>, IdpError>> {
         let at = access_token.clone();
         Box::pin(async move { self.do_user_info(&at).await })
     }
@@ -513,7 +560,9 @@ fn token_set(response: &CoreTokenResponse) -> TokenSet {
     let now = crate::databroker::now_unix();
     TokenSet {
         access_token: SecretString::new(response.access_token().secret().clone()),
-        refresh_token: response.refresh_token().map(|t| SecretString::new(t.secret().clone())),
+        refresh_token: response
+            .refresh_token()
+            .map(|t| SecretString::new(t.secret().clone())),
         access_token_expires_at: response
             .expires_in()
             .map(|d| now.saturating_add(i64::try_from(d.as_secs()).unwrap_or(i64::MAX))),
@@ -580,8 +629,14 @@ mod tests {
         assert!(!ok("http://10.0.0.1"));
         assert!(!ok("http://localhost.evil.com"));
         assert!(!ok("ftp://127.0.0.1"));
-        assert!(matches!(OidcProvider::new("http://idp.example.com"), Err(OidcConfigError::Insecure(_))));
-        assert!(matches!(OidcProvider::new("not a url"), Err(OidcConfigError::BadIssuer(_))));
+        assert!(matches!(
+            OidcProvider::new("http://idp.example.com"),
+            Err(OidcConfigError::Insecure(_))
+        ));
+        assert!(matches!(
+            OidcProvider::new("not a url"),
+            Err(OidcConfigError::BadIssuer(_))
+        ));
         assert!(OidcProvider::new("http://127.0.0.1:1").is_ok());
     }
 
@@ -597,9 +652,23 @@ mod tests {
     async fn down_idp_is_unavailable_not_fatal() {
         // Port 9 (discard) on loopback: nothing listens.
         let p = Arc::new(OidcProvider::new("http://127.0.0.1:9").unwrap());
-        let c = OidcClient::new(p, "c", &SecretString::new("s"), "http://127.0.0.1/cb", &[], vec![]).unwrap();
-        assert!(matches!(c.refresh(&SecretString::new("rt")).await, Err(IdpError::Unavailable(_))));
-        assert!(matches!(c.user_info(&SecretString::new("at")).await, Err(IdpError::Unavailable(_))));
+        let c = OidcClient::new(
+            p,
+            "c",
+            &SecretString::new("s"),
+            "http://127.0.0.1/cb",
+            &[],
+            vec![],
+        )
+        .unwrap();
+        assert!(matches!(
+            c.refresh(&SecretString::new("rt")).await,
+            Err(IdpError::Unavailable(_))
+        ));
+        assert!(matches!(
+            c.user_info(&SecretString::new("at")).await,
+            Err(IdpError::Unavailable(_))
+        ));
         assert!(c.provider().end_session_endpoint().await.is_none());
     }
 }

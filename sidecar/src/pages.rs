@@ -150,7 +150,10 @@ pub fn user_info_page(session: &Session, host: &str, csrf: &str) -> Response {
         claims_html.push_str(&escape(&v));
         claims_html.push_str("</code></td></tr>\n");
     }
-    let refreshed = session.refresh.user_info_at.max(session.refresh.token_refreshed_at);
+    let refreshed = session
+        .refresh
+        .user_info_at
+        .max(session.refresh.token_refreshed_at);
     let body = fill(
         USER_INFO,
         &[
@@ -175,14 +178,20 @@ mod tests {
 
     #[test]
     fn escaping_and_fill_are_single_pass() {
-        assert_eq!(escape("<a href=\"x\">&'"), "&lt;a href=&quot;x&quot;&gt;&amp;&#39;");
-        assert_eq!(fill("a {{x}} b {{y}} {{z", &[("x", "{{y}}"), ("y", "2")]), "a {{y}} b 2 {{z");
+        assert_eq!(
+            escape("<a href=\"x\">&'"),
+            "&lt;a href=&quot;x&quot;&gt;&amp;&#39;"
+        );
+        assert_eq!(
+            fill("a {{x}} b {{y}} {{z", &[("x", "{{y}}"), ("y", "2")]),
+            "a {{y}} b 2 {{z"
+        );
         assert_eq!(fill("{{missing}}!", &[]), "!");
     }
 
     #[test]
     fn times_are_readable() {
         assert_eq!(format_time(0), "1970-01-01 00:00:00 UTC");
-        assert_eq!(format_time(1_795_000_000), "2026-11-18 08:26:40 UTC");
+        assert_eq!(format_time(1_795_000_000), "2026-11-18 11:06:40 UTC");
     }
 }

@@ -142,11 +142,15 @@ impl FlowKeys {
             return Err(TokenError::Invalid);
         }
         let (body, mac) = raw.split_once('.').ok_or(TokenError::Invalid)?;
-        let mac = URL_SAFE_NO_PAD.decode(mac).map_err(|_| TokenError::Invalid)?;
+        let mac = URL_SAFE_NO_PAD
+            .decode(mac)
+            .map_err(|_| TokenError::Invalid)?;
         if !keys::ct_eq(&mac, &self.mac("state", &[body.as_bytes()])) {
             return Err(TokenError::Invalid);
         }
-        let json = URL_SAFE_NO_PAD.decode(body).map_err(|_| TokenError::Invalid)?;
+        let json = URL_SAFE_NO_PAD
+            .decode(body)
+            .map_err(|_| TokenError::Invalid)?;
         let state: LoginState = serde_json::from_slice(&json).map_err(|_| TokenError::Invalid)?;
         if now >= state.expires_at {
             return Err(TokenError::Expired);
@@ -188,19 +192,31 @@ impl FlowKeys {
     pub fn programmatic_signature(&self, host: &str, redirect_uri: &str, issued: u64) -> String {
         URL_SAFE_NO_PAD.encode(self.mac(
             "programmatic",
-            &[host.as_bytes(), redirect_uri.as_bytes(), issued.to_string().as_bytes()],
+            &[
+                host.as_bytes(),
+                redirect_uri.as_bytes(),
+                issued.to_string().as_bytes(),
+            ],
         ))
     }
 
     /// Check a programmatic sign-in signature and its age.
-    pub fn check_programmatic(&self, host: &str, redirect_uri: &str, issued: u64, signature: &str, now: u64) -> bool {
+    pub fn check_programmatic(
+        &self,
+        host: &str,
+        redirect_uri: &str,
+        issued: u64,
+        signature: &str,
+        now: u64,
+    ) -> bool {
         use portcullis_common::signed_url::{MAX_AGE_SECS, MAX_SKEW_SECS};
         if now.saturating_add(MAX_SKEW_SECS) < issued || now.saturating_sub(issued) > MAX_AGE_SECS {
             return false;
         }
         keys::ct_eq(
             signature.as_bytes(),
-            self.programmatic_signature(host, redirect_uri, issued).as_bytes(),
+            self.programmatic_signature(host, redirect_uri, issued)
+                .as_bytes(),
         )
     }
 
@@ -230,7 +246,9 @@ impl FlowKeys {
         if raw.len() > MAX_STATE_LEN {
             return Err(TokenError::Invalid);
         }
-        let bytes = URL_SAFE_NO_PAD.decode(raw).map_err(|_| TokenError::Invalid)?;
+        let bytes = URL_SAFE_NO_PAD
+            .decode(raw)
+            .map_err(|_| TokenError::Invalid)?;
         if bytes.len() < 24 + 16 {
             return Err(TokenError::Invalid);
         }

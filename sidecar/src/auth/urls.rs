@@ -74,7 +74,10 @@ pub fn host_under_domain(host: &str, domain: &str) -> bool {
     if domain.is_empty() {
         return false;
     }
-    host == domain || host.strip_suffix(&domain).is_some_and(|rest| rest.ends_with('.'))
+    host == domain
+        || host
+            .strip_suffix(&domain)
+            .is_some_and(|rest| rest.ends_with('.'))
 }
 
 /// The host part of an authority (no port), lower-case. IPv6 brackets kept.

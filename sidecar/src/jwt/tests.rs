@@ -3,7 +3,9 @@ use crate::idp::{SecretString, VerifiedIdToken};
 use crate::session::{OAuthToken, RefreshState};
 
 fn session(claims: Value) -> Session {
-    let Value::Object(claims) = claims else { panic!("object") };
+    let Value::Object(claims) = claims else {
+        panic!("object")
+    };
     Session {
         id: "sessionid-0123456789abcdefghijklmnopqrstuvw".into(),
         user_id: "alice".into(),
@@ -119,15 +121,24 @@ fn claims_follow_the_session_not_anything_else() {
     // Standard claims cannot be overridden by a configured claim of the same name.
     let signer = JwtSigner::new(None, "auth", &[("x-aud".into(), "aud".into())]).unwrap();
     s.claims.insert("aud".into(), json!("idp-client"));
-    assert_eq!(verify(&signer.sign(&s, "route").unwrap().0, &signer.jwks())["aud"], "route");
+    assert_eq!(
+        verify(&signer.sign(&s, "route").unwrap().0, &signer.jwks())["aud"],
+        "route"
+    );
 }
 
 #[test]
 fn parses_p256_pems_in_every_pomerium_form() {
     use p256::pkcs8::EncodePrivateKey as _;
     let sk = p256::SecretKey::from_slice(&[7u8; 32]).unwrap();
-    let sec1 = sk.to_sec1_pem(p256::pkcs8::LineEnding::LF).unwrap().to_string();
-    let pkcs8 = sk.to_pkcs8_pem(p256::pkcs8::LineEnding::LF).unwrap().to_string();
+    let sec1 = sk
+        .to_sec1_pem(p256::pkcs8::LineEnding::LF)
+        .unwrap()
+        .to_string();
+    let pkcs8 = sk
+        .to_pkcs8_pem(p256::pkcs8::LineEnding::LF)
+        .unwrap()
+        .to_string();
     let b64 = STANDARD.encode(&sec1);
     let kids: Vec<String> = [sec1.as_str(), pkcs8.as_str(), b64.as_str()]
         .iter()
@@ -149,12 +160,20 @@ fn parses_rsa_and_signs_rs256() {
     use rsa::pkcs8::EncodePrivateKey as _;
     let mut rng = rsa::rand_core::OsRng;
     let k = rsa::RsaPrivateKey::new(&mut rng, 2048).unwrap();
-    let pkcs1 = k.to_pkcs1_pem(rsa::pkcs8::LineEnding::LF).unwrap().to_string();
-    let pkcs8 = k.to_pkcs8_pem(rsa::pkcs8::LineEnding::LF).unwrap().to_string();
+    let pkcs1 = k
+        .to_pkcs1_pem(rsa::pkcs8::LineEnding::LF)
+        .unwrap()
+        .to_string();
+    let pkcs8 = k
+        .to_pkcs8_pem(rsa::pkcs8::LineEnding::LF)
+        .unwrap()
+        .to_string();
     for pem in [pkcs1, STANDARD.encode(&pkcs8)] {
         let s = JwtSigner::new(Some(&pem), "auth", &[]).unwrap();
         assert_eq!(s.alg(), "RS256");
-        let (jwt, _) = s.sign(&session(json!({"sub": "alice", "email": "a@b"})), "a").unwrap();
+        let (jwt, _) = s
+            .sign(&session(json!({"sub": "alice", "email": "a@b"})), "a")
+            .unwrap();
         assert_eq!(verify(&jwt, &s.jwks())["email"], "a@b");
         assert_eq!(s.jwks()["keys"][0]["kty"], "RSA");
     }
@@ -168,14 +187,28 @@ a5khVGmuq2A4xbxRFAnKaS1GZFw+2pDRLeo3FdM7wPMIOdGhZANiAARgGn0oVsOp
 dxg1QP1BljQJ316u7QSfE6YLHmF2j8APTX5WohaAuintrMQT3hno51PcP6w604HH
 LDLj7Kxoi6l8pQDCcmicHRik03oRmQQuLaWv0jZy7+9mVvUlcW3Qcns=
 -----END PRIVATE KEY-----";
-    assert!(matches!(JwtSigner::new(Some(P384), "a", &[]), Err(KeyError::Invalid(_))));
-    assert!(matches!(JwtSigner::new(Some("hello"), "a", &[]), Err(KeyError::NotPem)));
     assert!(matches!(
-        JwtSigner::new(Some("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----"), "a", &[]),
+        JwtSigner::new(Some(P384), "a", &[]),
+        Err(KeyError::Invalid(_))
+    ));
+    assert!(matches!(
+        JwtSigner::new(Some("hello"), "a", &[]),
+        Err(KeyError::NotPem)
+    ));
+    assert!(matches!(
+        JwtSigner::new(
+            Some("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----"),
+            "a",
+            &[]
+        ),
         Err(KeyError::Unsupported(_))
     ));
     assert!(matches!(
-        JwtSigner::new(Some("-----BEGIN EC PRIVATE KEY-----\nAAAA\n-----END EC PRIVATE KEY-----"), "a", &[]),
+        JwtSigner::new(
+            Some("-----BEGIN EC PRIVATE KEY-----\nAAAA\n-----END EC PRIVATE KEY-----"),
+            "a",
+            &[]
+        ),
         Err(KeyError::Invalid(_))
     ));
     // The key never shows in Debug.
