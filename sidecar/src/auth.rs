@@ -607,12 +607,11 @@ fn checked_return_url<'a>(
     ))?;
     let host = urls::url_authority(&url)
         .ok_or(LoginError::BadRequest("The return address has no host."))?;
-    let route = login
-        .route(&host)
-        .filter(|r| r.scheme == url.scheme())
-        .ok_or(LoginError::BadRequest(
-            "The return address is not one of the configured applications.",
-        ))?;
+    // Any scheme the route's host is reached with (TLS may end before Envoy); the host
+    // is what must be ours.
+    let route = login.route(&host).ok_or(LoginError::BadRequest(
+        "The return address is not one of the configured applications.",
+    ))?;
     Ok((url, route))
 }
 
@@ -755,11 +754,11 @@ fn finish_login(
             expires_at: now_unix().saturating_add(HANDOFF_TTL_SECS),
         })
         .map_err(|e| LoginError::Internal(e.to_string()))?;
-    let mut target = Url::parse(&format!(
-        "{}://{}{}",
-        route.scheme, route.host, HANDOFF_PATH
-    ))
-    .map_err(|e| LoginError::Internal(e.to_string()))?;
+    // The hand-off goes to the origin the browser came from (the validated return URL).
+    let mut target = return_url.clone();
+    target.set_path(HANDOFF_PATH);
+    target.set_fragment(None);
+    target.set_query(None);
     target.query_pairs_mut().append_pair(PARAM_HANDOFF, &token);
     Ok(with_cookies(redirect(target.as_str()), &cookies))
 }
@@ -1055,14 +1054,19 @@ async fn sign_out(
 }
 
 fn signed_out_target(login: &LoginState) -> Result<String, LoginError> {
-    match &login.signout_redirect_url {
-        Some(u) => Ok(u.to_string()),
-        None => Ok(login.authenticate_url("/.pomerium/signed_out")?.to_string()),
-    }
+    Ok(login.authenticate_url("/.pomerium/signed_out")?.to_string())
 }
 
-async fn signed_out() -> Response {
-    pages::signed_out_page()
+/// The end of sign-out: `signout_redirect_url` if configured, else our page.
+async fn signed_out(State(state): State<AppState>) -> Response {
+    match state
+        .login
+        .as_ref()
+        .and_then(|l| l.signout_redirect_url.as_ref())
+    {
+        Some(url) => redirect(url.as_str()),
+        None => pages::signed_out_page(),
+    }
 }
 
 // ---- programmatic login ------------------------------------------------------------------

@@ -308,7 +308,8 @@ async fn sign_in_rejects_forged_and_foreign_return_urls() {
     for target in [
         "http://evil.test/".to_owned(),
         format!("{APP}@evil.test/"),
-        "https://app.test:8000/".to_owned(), // scheme differs from the route's `from`
+        "http://app.test:8001/".to_owned(), // another port is another host
+        "http://app.test.evil.test:8000/".to_owned(),
         "javascript:alert(1)//http://app.test:8000/".to_owned(),
         "http://evil.test\\@app.test:8000/".to_owned(),
     ] {
@@ -830,4 +831,32 @@ async fn setup_refuses_bad_settings() {
     call(&app, "GET", &signed(&format!("{APP}/")), None, None)
         .await
         .assert_page(StatusCode::SERVICE_UNAVAILABLE, "not configured");
+}
+
+#[tokio::test]
+async fn signed_out_page_or_configured_redirect() {
+    let (_, app) = app().await;
+    let r = call(
+        &app,
+        "GET",
+        &format!("{AUTH}/.pomerium/signed_out"),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.body.contains("You are signed out"));
+    let mut s = settings();
+    s.signout_redirect_url = Some("https://intranet.test/bye".into());
+    let (_, app) = app_with(s).await;
+    let r = call(
+        &app,
+        "GET",
+        &format!("{AUTH}/.pomerium/signed_out"),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::FOUND);
+    assert_eq!(r.location(), "https://intranet.test/bye");
 }
