@@ -126,7 +126,9 @@ pub struct Settings {
     pub cookie_secure: bool,
     /// `cookie_http_only` (default true).
     pub cookie_http_only: bool,
-    /// `signout_redirect_url`: where sign-out ends when the IdP has no `end_session_endpoint`.
+    /// `signout_redirect_url`: where `/.pomerium/signed_out` (the end of every sign-out,
+    /// after the IdP's `end_session_endpoint` if it has one) sends the browser; our own
+    /// signed-out page when unset.
     pub signout_redirect_url: Option<String>,
     /// `idp_request_params`: extra authorization request parameters.
     pub idp_request_params: Vec<(String, String)>,
