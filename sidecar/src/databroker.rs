@@ -190,6 +190,12 @@ pub trait Store: Send + Sync {
     /// (also through other replicas, for shared backends).
     fn subscribe(&self) -> watch::Receiver<u64>;
 
+    /// Milliseconds between the newest change's commit and this process noticing it
+    /// (0 for in-process backends).
+    fn change_lag_ms(&self) -> i64 {
+        0
+    }
+
     /// Take (or extend) the named lease for `holder` if free or already ours.
     fn try_lease<'a>(
         &'a self,

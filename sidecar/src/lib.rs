@@ -82,6 +82,10 @@ async fn maintenance(state: AppState) {
                 .set(i64::try_from(n).unwrap_or(i64::MAX)),
             Err(e) => tracing::warn!(error = %e, "counting sessions failed"),
         }
+        state
+            .metrics
+            .change_stream_lag_ms
+            .set(state.store.change_lag_ms());
         let v = *state.store.subscribe().borrow();
         state
             .metrics

@@ -434,16 +434,7 @@ impl SessionService {
 
     /// When the identity manager next has to look at `session`.
     pub fn due_at(&self, session: &Session) -> i64 {
-        let lead = i64::try_from(self.identity.token_refresh_lead.as_secs()).unwrap_or(60);
-        let interval =
-            i64::try_from(self.identity.user_info_refresh_interval.as_secs()).unwrap_or(600);
-        let mut due = session.refresh.user_info_at.saturating_add(interval);
-        if let Some(exp) = session.oauth_token.expires_at {
-            due = due.min(exp.saturating_sub(lead));
-        }
-        due = due.min(session.id_token.expires_at.saturating_sub(lead));
-        // Never before the backoff allows, never after the session ends.
-        due.max(session.refresh.retry_at).min(session.expires_at)
+        crate::identity::next_due(session, &self.identity)
     }
 
     fn session_put(&self, session: &Session, expect: Expect) -> Result<Put, SessionError> {
