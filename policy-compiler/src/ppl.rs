@@ -485,6 +485,10 @@ fn criterion(
             }
             let inner = criteria_list(cx, name, data, depth + 1);
             if inner.is_empty() {
+                if data.value.as_seq().is_none_or(|s| !s.is_empty()) {
+                    // Not a list, or its criteria had errors: already reported.
+                    return None;
+                }
                 cx.err(
                     span,
                     format!("nested `{name}` needs at least one criterion"),
