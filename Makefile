@@ -53,6 +53,14 @@ wasm: deps-rust
 build: wasm
 	$(CARGO) build --release --workspace --exclude filter --bins
 
+## ---- demo: the README's run command (H4) ------------------------------------------------
+# Builds, installs Envoy/node/Redis if missing, then runs IdP + sidecar + Envoy + an example
+# app under one supervising process (Ctrl-C stops all). DEMO_CONFIG=examples/redis/config.yaml
+# runs the Redis variant.
+DEMO_CONFIG ?= examples/demo/config.yaml
+demo: deps build
+	scripts/demo.sh $(DEMO_CONFIG)
+
 ## ---- test: the one test command ---------------------------------------------------------
 test: deps wasm
 	$(CARGO) build --workspace --exclude filter --bins
