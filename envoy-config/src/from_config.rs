@@ -365,3 +365,167 @@ fn route(c: &Config, r: &pc::Route, id: &str, o: &Options) -> Result<Route, Erro
             .collect(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{bootstrap, envoy_validate, to_yaml};
+    use std::path::{Path, PathBuf};
+
+    fn fixture(rel: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+    }
+
+    fn load(path: &Path) -> Config {
+        policy_compiler::config::load_str_in(
+            &path.display().to_string(),
+            &std::fs::read_to_string(path).unwrap(),
+            &|_| None,
+            path.parent(),
+        )
+        .unwrap_or_else(|d| panic!("{d:?}"))
+        .config
+    }
+
+    /// The YAML with generated (random) PEM material and machine paths replaced.
+    fn redacted(yaml: &str) -> String {
+        let root = fixture("").display().to_string();
+        let mut out = Vec::new();
+        let mut skipping = false;
+        for line in yaml.lines() {
+            if skipping {
+                if line.trim_start().starts_with("-----END") {
+                    skipping = false;
+                }
+                continue;
+            }
+            if line.contains("inline_string: |") && !line.contains("envoy_on_response") {
+                out.push(line.replace("inline_string: |", "inline_string: '[generated PEM]'"));
+                skipping = true;
+                continue;
+            }
+            out.push(line.replace(&root, "<crate>/"));
+        }
+        out.join("\n")
+    }
+
+    fn deployment_for(path: &Path) -> Deployment {
+        let c = load(path);
+        let ids = crate::tests_support::route_ids(&c);
+        let o = Options {
+            wasm: envoy_validate::wasm(),
+            ..Options::default()
+        };
+        deployment(&c, &ids, &o).unwrap()
+    }
+
+    #[test]
+    fn all_options_golden_and_valid() {
+        let d = deployment_for(&fixture("tests/fixtures/all-options.yaml"));
+        let yaml = to_yaml(&bootstrap::render(&d)).unwrap();
+        envoy_validate::validate("all-options", &yaml);
+        let mut d = d;
+        d.wasm.filename = "/opt/portcullis/filter.wasm".into();
+        insta::assert_snapshot!(redacted(&to_yaml(&bootstrap::render(&d)).unwrap()));
+    }
+
+    #[test]
+    fn all_options_are_translated() {
+        let d = deployment_for(&fixture("tests/fixtures/all-options.yaml"));
+        let ids: Vec<&str> = d.routes.iter().map(|r| r.id.as_str()).collect();
+        assert_eq!(ids, ["app-admin", "app", "route-2", "route-3"]);
+        let [admin, app, api, stat] = &d.routes[..] else {
+            panic!()
+        };
+        assert_eq!(
+            admin.to.iter().map(|t| t.weight).collect::<Vec<_>>(),
+            [3, 1]
+        );
+        assert_eq!(admin.timeout, Some(Duration::from_secs(5)));
+        assert_eq!(admin.idle_timeout, Some(Duration::from_secs(120)));
+        assert_eq!(
+            admin.set_request_headers,
+            [("X-Team".to_owned(), "ops".to_owned())]
+        );
+        // Global set_response_headers replace Pomerium's defaults; route headers add on top.
+        assert_eq!(
+            admin.set_response_headers,
+            [("X-Frame-Options".to_owned(), "DENY".to_owned())]
+        );
+        assert!(app.set_response_headers.contains(&(
+            "Strict-Transport-Security".to_owned(),
+            "max-age=60".to_owned()
+        )));
+        assert!(app.websockets);
+        assert_eq!(
+            app.timeout,
+            Some(Duration::ZERO),
+            "websocket routes: no upstream timeout"
+        );
+        assert_eq!(app.host_rewrite, HostRewrite::Preserve);
+        assert_eq!(app.rewrite_response_headers.len(), 1);
+        assert_eq!(api.path, PathMatch::Regex("^/v[0-9]+/.*$".into()));
+        assert_eq!(
+            api.host_rewrite,
+            HostRewrite::Literal("api.internal".into())
+        );
+        let tls = api.upstream_tls.as_ref().unwrap();
+        assert!(tls.skip_verify);
+        assert_eq!(tls.sni.as_deref(), Some("api.internal"));
+        assert_eq!(api.to[0].address, SocketAddress::new("api.internal", 443));
+        // A path in `to` becomes the prefix rewrite (Pomerium).
+        assert_eq!(stat.prefix_rewrite.as_deref(), Some("/assets/"));
+        assert_eq!(
+            stat.host_rewrite,
+            HostRewrite::Header("X-Upstream-Host".into())
+        );
+        // Listener TLS: the configured certificate answers for its names.
+        let ListenerTls::Tls { certificates, .. } = &d.listener.tls else {
+            panic!()
+        };
+        assert_eq!(
+            certificates[0].server_names,
+            ["*.example.com", "example.com"]
+        );
+        assert_eq!(d.sidecar, [SocketAddress::new("127.0.0.1", 5081)]);
+        let plugin: serde_json::Value = serde_json::from_str(&d.wasm.configuration).unwrap();
+        assert_eq!(
+            plugin["strip_headers"],
+            serde_json::json!(["x-pomerium-claim-email"])
+        );
+        assert_eq!(plugin["sidecar_authority"], "127.0.0.1:5081");
+    }
+
+    /// The real-world config from the "claims not refreshed" report.
+    #[test]
+    fn issue_report_config_golden_and_valid() {
+        let d = deployment_for(&fixture(
+            "../policy-compiler/tests/fixtures/issue-claims-not-refreshed.yaml",
+        ));
+        let yaml = to_yaml(&bootstrap::render(&d)).unwrap();
+        envoy_validate::validate("issue", &yaml);
+        let mut d = d;
+        d.wasm.filename = "/opt/portcullis/filter.wasm".into();
+        insta::assert_snapshot!(redacted(&to_yaml(&bootstrap::render(&d)).unwrap()));
+    }
+
+    #[test]
+    fn generated_secrets_are_refused() {
+        let text = "authenticate_service_url: https://a.example.com\nroutes:\n  - from: https://b.example.com\n    to: http://c\n    allow_public_unauthenticated_access: true\n";
+        let c = policy_compiler::config::load_str("x.yaml", text, &|_| None)
+            .unwrap()
+            .config;
+        let err = deployment(&c, &["r".into()], &Options::default()).unwrap_err();
+        assert!(err.to_string().contains("shared_secret"), "{err}");
+    }
+
+    #[test]
+    fn mixed_upstream_schemes_are_refused() {
+        let text = "authenticate_service_url: https://a.example.com\nshared_secret: c2hhcmVkLXNlY3JldC1mb3ItdGVzdHMtMDEyMzQ1Njc=\ncookie_secret: Y29va2llLXNlY3JldC1mb3ItdGVzdHMtMDEyMzQ1Njc=\nroutes:\n  - from: https://b.example.com\n    to: [http://c, https://d]\n    allow_public_unauthenticated_access: true\n";
+        let c = policy_compiler::config::load_str("x.yaml", text, &|_| None)
+            .unwrap()
+            .config;
+        let err = deployment(&c, &["r".into()], &Options::default()).unwrap_err();
+        assert!(err.to_string().contains("mixes http and https"), "{err}");
+    }
+}

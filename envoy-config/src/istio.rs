@@ -16,7 +16,7 @@
 use serde_json::{Value, json};
 
 use crate::Error;
-use crate::model::{Deployment, SocketAddress};
+use crate::model::{Deployment, SIDECAR_ROUTE, SocketAddress};
 
 /// Istio-specific choices (command-line flags of `envoy-config istio`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -171,7 +171,9 @@ pub fn render(d: &Deployment, o: &IstioOptions) -> Result<Vec<(String, Value)>, 
             "spec": {
                 "hosts": [d.authenticate.host],
                 "gateways": o.gateways,
-                "http": [{ "name": "portcullis-authenticate", "route": dest }],
+                // Istio names the Envoy route after this: the filter passes `portcullis-sidecar`
+                // routes to the sidecar untouched.
+                "http": [{ "name": SIDECAR_ROUTE, "route": dest }],
             }
         }),
     ));
@@ -194,7 +196,7 @@ pub fn render(d: &Deployment, o: &IstioOptions) -> Result<Vec<(String, Value)>, 
                     "hosts": hosts,
                     "gateways": o.gateways,
                     "http": [{
-                        "name": "portcullis-sidecar",
+                        "name": SIDECAR_ROUTE,
                         "match": [
                             { "uri": { "prefix": "/.pomerium/" } },
                             { "uri": { "exact": "/.pomerium" } },
@@ -241,4 +243,93 @@ fn deployment(o: &IstioOptions, labels: &Value) -> Value {
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::ListenerTls;
+    use crate::sample;
+
+    fn options(external: Option<SocketAddress>) -> IstioOptions {
+        IstioOptions {
+            namespace: "portcullis".into(),
+            wasm_url: "oci://registry.example.com/portcullis/filter:0.1.0".into(),
+            sidecar_image: "registry.example.com/portcullis/sidecar:0.1.0".into(),
+            replicas: 2,
+            selector: vec![("istio".into(), "ingressgateway".into())],
+            gateways: vec!["istio-system/ingressgateway".into()],
+            external_sidecar: external,
+            config_yaml: "authenticate_service_url: https://authenticate.example.com\n".into(),
+            plugin_config: sample::deployment("/f.wasm", ListenerTls::Plain)
+                .wasm
+                .configuration,
+        }
+    }
+
+    fn all_yaml(docs: &[(String, Value)]) -> String {
+        docs.iter()
+            .map(|(name, v)| format!("# {name}\n{}", crate::to_yaml(v).unwrap()))
+            .collect::<Vec<_>>()
+            .join("---\n")
+    }
+
+    #[test]
+    fn golden_in_mesh_sidecar() {
+        let d = sample::deployment("/f.wasm", ListenerTls::Plain);
+        insta::assert_snapshot!(all_yaml(&render(&d, &options(None)).unwrap()));
+    }
+
+    #[test]
+    fn golden_external_sidecar() {
+        let d = sample::deployment("/f.wasm", ListenerTls::Plain);
+        let docs = render(&d, &options(Some(SocketAddress::new("10.1.2.3", 5080)))).unwrap();
+        insta::assert_snapshot!(all_yaml(&docs));
+    }
+
+    #[test]
+    fn wasm_plugin_names_istio_cluster_and_fails_closed() {
+        let d = sample::deployment("/f.wasm", ListenerTls::Plain);
+        let docs = render(&d, &options(None)).unwrap();
+        let (_, plugin) = docs.iter().find(|(n, _)| n.contains("wasmplugin")).unwrap();
+        assert_eq!(plugin["spec"]["failStrategy"], "FAIL_CLOSE");
+        assert_eq!(
+            plugin["spec"]["pluginConfig"]["sidecar_cluster"],
+            "outbound|5080||portcullis-sidecar.portcullis.svc.cluster.local"
+        );
+        assert_eq!(
+            plugin["spec"]["pluginConfig"]["sidecar_route_name"],
+            "portcullis-sidecar"
+        );
+        for (_, vs) in docs.iter().filter(|(n, _)| n.contains("virtualservice")) {
+            assert_eq!(vs["spec"]["http"][0]["name"], "portcullis-sidecar", "{vs}");
+        }
+        let kinds: Vec<&str> = docs
+            .iter()
+            .map(|(_, v)| v["kind"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                "Secret",
+                "Deployment",
+                "Service",
+                "WasmPlugin",
+                "VirtualService",
+                "VirtualService"
+            ]
+        );
+        let text = all_yaml(&docs);
+        assert!(!text.contains(concat!("FAIL", "_OPEN")));
+    }
+
+    #[test]
+    fn bad_plugin_config_is_an_error() {
+        let d = sample::deployment("/f.wasm", ListenerTls::Plain);
+        let mut o = options(None);
+        o.plugin_config = "[1]".into();
+        assert!(render(&d, &o).is_err());
+        o.plugin_config = "{".into();
+        assert!(render(&d, &o).is_err());
+    }
 }
