@@ -146,7 +146,7 @@ pub fn lower(config: &Config, policies: &[RoutePolicy]) -> Bundle {
         jwt_claims_headers: jwt,
         pass_identity_headers: config.pass_identity_headers.unwrap_or(false),
     });
-    b.zones = w.zones.iter().map(|z| zone_table(z)).collect();
+    b.zones = w.zones.iter().map(|z| cached_zone_table(z)).collect();
     b.nodes = w.nodes;
     b.strings = w.strings;
     b.version = content_hash(&b);
@@ -333,6 +333,23 @@ impl Writer {
             .collect();
         kind
     }
+}
+
+/// [`zone_table`], memoised per process (building one scans a century).
+fn cached_zone_table(name: &str) -> bundle::Zone {
+    use std::sync::{Mutex, OnceLock};
+    static CACHE: OnceLock<Mutex<BTreeMap<String, bundle::Zone>>> = OnceLock::new();
+    let cache = CACHE.get_or_init(|| Mutex::new(BTreeMap::new()));
+    if let Ok(c) = cache.lock()
+        && let Some(z) = c.get(name)
+    {
+        return z.clone();
+    }
+    let z = zone_table(name);
+    if let Ok(mut c) = cache.lock() {
+        c.insert(name.to_string(), z.clone());
+    }
+    z
 }
 
 /// The zone's UTC offsets over [`ZONE_YEARS`] as transitions: scan day by day, bisect each
