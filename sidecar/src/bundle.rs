@@ -6,7 +6,6 @@
 //! the old one in service and logs why. Filters learn of a new version through the
 //! change stream's `bundle_version`.
 
-use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -17,23 +16,58 @@ use tokio::sync::watch;
 pub struct Bundle {
     /// The protobuf bytes, as served.
     pub bytes: Arc<[u8]>,
-    /// Content version: the first 16 hex digits of the SHA-256 of `bytes`.
+    /// The bundle's content version (its own `version` field, as the filter's engine
+    /// reports it).
     pub version: String,
 }
 
 impl Bundle {
-    /// Wrap bundle bytes, computing the version.
+    /// Validate bundle bytes by decoding them with the evaluator the filter runs, and
+    /// take the bundle's own content version (what the filter's engine reports).
+    pub fn from_bytes(bytes: Vec<u8>) -> Result<Bundle, BundleError> {
+        let engine = policy_compiler::eval::Engine::from_bytes(&bytes)
+            .map_err(|e| BundleError::Invalid(format!("not a valid policy bundle: {e}")))?;
+        Ok(Bundle {
+            version: engine.version().to_owned(),
+            bytes: bytes.into(),
+        })
+    }
+
+    /// Compile a checked configuration's routes into a bundle.
+    pub fn from_config(config: &policy_compiler::config::Config) -> Result<Bundle, BundleError> {
+        let bundle = policy_compiler::compile::compile(config)
+            .map_err(|d| BundleError::Invalid(diagnostics(&d)))?;
+        Bundle::from_bytes(bundle.to_bytes())
+    }
+
+    /// Unvalidated bytes, versioned by their SHA-256 (first 8 bytes, hex). For tests and
+    /// embedding; loaders use [`Bundle::from_bytes`].
     pub fn new(bytes: Vec<u8>) -> Self {
-        let digest = Sha256::digest(&bytes);
-        let mut version = String::with_capacity(16);
-        for b in digest.iter().take(8) {
-            version.push_str(&format!("{b:02x}"));
-        }
+        use sha2::{Digest, Sha256};
+        let version: String = Sha256::digest(&bytes)
+            .iter()
+            .take(8)
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        Bundle::unchecked(bytes, version)
+    }
+
+    /// Serve bytes as they are, under a given version (tests of the serving path,
+    /// embedding). Nothing checks them.
+    pub fn unchecked(bytes: Vec<u8>, version: impl Into<String>) -> Self {
         Bundle {
             bytes: bytes.into(),
-            version,
+            version: version.into(),
         }
     }
+}
+
+/// All diagnostics, one per line (file:line:col: message).
+pub fn diagnostics(d: &policy_compiler::diag::Diagnostics) -> String {
+    d.iter()
+        .map(|x| x.to_string())
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// Why a bundle could not be (re)loaded.
@@ -117,32 +151,20 @@ pub fn load(source: &BundleSource) -> Result<Bundle, BundleError> {
                 path: path.clone(),
                 source: e,
             })?;
-            validate(&bytes)?;
-            Ok(Bundle::new(bytes))
+            Bundle::from_bytes(bytes)
         }
-        BundleSource::Config(path) => compile_config(path).map(Bundle::new),
+        BundleSource::Config(path) => {
+            let loaded = policy_compiler::config::load_file(path)
+                .map_err(|d| BundleError::Invalid(diagnostics(&d)))?;
+            for w in loaded.warnings.iter() {
+                tracing::warn!("{w}");
+            }
+            Bundle::from_config(&loaded.config)
+        }
         BundleSource::Fixed => Err(BundleError::Invalid(
             "a fixed bundle has no source".to_owned(),
         )),
     }
-}
-
-/// Check that bytes decode as a bundle before serving them.
-fn validate(bytes: &[u8]) -> Result<(), BundleError> {
-    // TODO(policy-compiler): decode with `policy_compiler::bundle` once it lands; until
-    // then only refuse an empty file (the usual result of a half-written copy).
-    if bytes.is_empty() {
-        return Err(BundleError::Invalid("the bundle file is empty".to_owned()));
-    }
-    Ok(())
-}
-
-/// Compile the config file's routes into a bundle.
-fn compile_config(_path: &Path) -> Result<Vec<u8>, BundleError> {
-    // TODO(policy-compiler): `policy_compiler::config::load_file` + `compile`.
-    Err(BundleError::Invalid(
-        "compiling the config is not available yet (policy-compiler pending); set `policy_bundle_file`".to_owned(),
-    ))
 }
 
 fn mtime(path: &Path) -> Option<SystemTime> {

@@ -1,8 +1,8 @@
 //! `sidecar --config config.yaml`: the Portcullis sidecar.
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use sidecar::settings::{LogFormat, Settings};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 fn config_path() -> Result<PathBuf> {
     let mut args = std::env::args().skip(1);
@@ -23,9 +23,23 @@ fn config_path() -> Result<PathBuf> {
     path.context("missing --config <file> (usage: sidecar --config config.yaml)")
 }
 
-fn load_settings(_path: &std::path::Path) -> Result<Settings> {
-    // TODO(policy-compiler): `policy_compiler::config::load_file` → `Settings::from_config`.
-    bail!("the shared config loader (policy_compiler::config) is not available yet")
+/// Load the config with the shared loader (Pomerium options, environment overrides).
+fn load_config(path: &Path) -> Result<policy_compiler::config::Loaded> {
+    policy_compiler::config::load_file(path).map_err(|d| {
+        anyhow!(
+            "invalid configuration:\n{}",
+            sidecar::bundle::diagnostics(&d)
+        )
+    })
+}
+
+/// `LOG_FORMAT=json|text` (Pomerium has no such option; text by default).
+fn log_format() -> Result<LogFormat> {
+    match std::env::var("LOG_FORMAT").ok().as_deref() {
+        None | Some("") | Some("text") | Some("console") => Ok(LogFormat::Text),
+        Some("json") => Ok(LogFormat::Json),
+        Some(other) => bail!("LOG_FORMAT must be `json` or `text`, not `{other}`"),
+    }
 }
 
 fn init_logging(settings: &Settings) {
@@ -43,13 +57,18 @@ fn init_logging(settings: &Settings) {
 #[tokio::main]
 async fn main() -> Result<()> {
     let path = config_path()?;
-    let settings = load_settings(&path)?;
+    let loaded = load_config(&path)?;
+    let mut settings = Settings::from_config(&loaded.config, Some(path.clone()))?;
+    settings.log_format = log_format()?;
     init_logging(&settings);
-    run(settings).await
+    for w in loaded.warnings.iter() {
+        tracing::warn!("{w}");
+    }
+    run(settings, &loaded.config).await
 }
 
-async fn run(settings: Settings) -> Result<()> {
-    use sidecar::bundle::{self, BundleHolder, BundleSource};
+async fn run(settings: Settings, config: &policy_compiler::config::Config) -> Result<()> {
+    use sidecar::bundle::{self, Bundle, BundleHolder, BundleSource};
     let store = sidecar::databroker::open(&settings.storage)
         .await
         .context("opening the databroker")?;
@@ -59,12 +78,18 @@ async fn run(settings: Settings) -> Result<()> {
             "sessions are kept in memory: a restart signs everyone out (use databroker_storage_type: redis to keep them)"
         );
     }
-    let source = match (&settings.policy_bundle_file, &settings.config_file) {
-        (Some(f), _) => BundleSource::File(f.clone()),
-        (None, Some(c)) => BundleSource::Config(c.clone()),
+    let (source, initial) = match (&settings.policy_bundle_file, &settings.config_file) {
+        (Some(f), _) => {
+            let source = BundleSource::File(f.clone());
+            let b = bundle::load(&source).context("loading policy_bundle_file")?;
+            (source, b)
+        }
+        (None, Some(c)) => (
+            BundleSource::Config(c.clone()),
+            Bundle::from_config(config).context("compiling the routes' policy")?,
+        ),
         (None, None) => bail!("no policy source: set `policy_bundle_file` or pass --config"),
     };
-    let initial = bundle::load(&source).context("loading the policy bundle")?;
     tracing::info!(bundle_version = %initial.version, "policy bundle loaded");
     let setup = sidecar::auth::setup(&settings)
         .await

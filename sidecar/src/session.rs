@@ -172,57 +172,30 @@ fn scalar_text(v: &ClaimValue) -> String {
     }
 }
 
-/// Flatten claims the way Pomerium's policy sees them: nested objects joined with dots,
-/// arrays spread into the value list, scalars as one-element lists, nulls dropped.
-/// Keys sorted (deterministic views).
-// TODO: switch to `policy_compiler::eval::Claims::from_json` once it lands, so the
-// filter's evaluator and this view flatten identically by construction.
+/// Flatten claims the way Pomerium's policy sees them, with the evaluator's own
+/// implementation (`policy_compiler::eval::Claims::from_json`), so the filter evaluates
+/// exactly these values: nested objects joined with dots, arrays as lists, scalars as
+/// one-element lists. Sorted by name.
 pub fn flatten_claims(claims: &Map<String, Value>) -> Vec<Claim> {
-    let mut out: std::collections::BTreeMap<String, Vec<ClaimValue>> = Default::default();
-    for (k, v) in claims {
-        flatten_into(k, v, &mut out);
-    }
-    out.into_iter()
-        .map(|(key, values)| Claim { key, values })
+    use policy_compiler::eval::{ClaimValue as V, Claims};
+    Claims::from_json(claims)
+        .iter()
+        .map(|(key, values)| Claim {
+            key: key.to_owned(),
+            values: values
+                .iter()
+                .map(|v| ClaimValue {
+                    kind: match v {
+                        V::Str(s) => Some(claim_value::Kind::Str(s.clone())),
+                        V::Number(n) => Some(claim_value::Kind::Number(*n)),
+                        V::Bool(b) => Some(claim_value::Kind::Bool(*b)),
+                        // null / object / nested list: an element that equals nothing.
+                        V::Other => None,
+                    },
+                })
+                .collect(),
+        })
         .collect()
-}
-
-fn flatten_into(
-    key: &str,
-    value: &Value,
-    out: &mut std::collections::BTreeMap<String, Vec<ClaimValue>>,
-) {
-    let scalar = |k| ClaimValue { kind: Some(k) };
-    match value {
-        Value::Null => {}
-        Value::Bool(b) => out
-            .entry(key.to_owned())
-            .or_default()
-            .push(scalar(claim_value::Kind::Bool(*b))),
-        Value::Number(n) => {
-            if let Some(f) = n.as_f64() {
-                out.entry(key.to_owned())
-                    .or_default()
-                    .push(scalar(claim_value::Kind::Number(f)));
-            }
-        }
-        Value::String(s) => out
-            .entry(key.to_owned())
-            .or_default()
-            .push(scalar(claim_value::Kind::Str(s.clone()))),
-        Value::Array(items) => {
-            // An empty array is still a claim (with no values), so `has` is false, not absent.
-            out.entry(key.to_owned()).or_default();
-            for item in items {
-                flatten_into(key, item, out);
-            }
-        }
-        Value::Object(map) => {
-            for (k, v) in map {
-                flatten_into(&format!("{key}.{k}"), v, out);
-            }
-        }
-    }
 }
 
 /// What the login callback hands over to create a session.

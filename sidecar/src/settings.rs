@@ -5,6 +5,8 @@
 //! `Config` into what the sidecar runs with, so defaults live in one place and tests can
 //! build `Settings` directly.
 
+use crate::error::StartupError;
+use crate::idp::SecretString;
 use portcullis_common::Secret;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -194,5 +196,160 @@ impl Settings {
     }
 }
 
-/// Default sidecar port (HTTP, loopback): `127.0.0.1:8081`.
-pub const DEFAULT_PORT: u16 = 8081;
+/// Default sidecar port (HTTP, loopback): `127.0.0.1:5080` (`sidecar_address`).
+pub const DEFAULT_PORT: u16 = 5080;
+
+/// Key prefix of the Redis databroker.
+pub const REDIS_KEY_PREFIX: &str = "portcullis:";
+
+fn bind(
+    option: &'static str,
+    a: &policy_compiler::config::BindAddress,
+) -> Result<SocketAddr, StartupError> {
+    use std::net::{IpAddr, Ipv4Addr, ToSocketAddrs};
+    let host = match a.host.as_deref() {
+        None | Some("") => return Ok(SocketAddr::from((Ipv4Addr::UNSPECIFIED, a.port))),
+        Some(h) => h.trim_start_matches('[').trim_end_matches(']'),
+    };
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Ok(SocketAddr::new(ip, a.port));
+    }
+    (host, a.port)
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut it| it.next())
+        .ok_or_else(|| StartupError::Setting {
+            option,
+            reason: format!("cannot resolve `{host}`"),
+        })
+}
+
+fn url_host(u: &url::Url) -> Option<String> {
+    let host = u.host_str()?.to_ascii_lowercase();
+    Some(match u.port() {
+        Some(p) => format!("{host}:{p}"),
+        None => host,
+    })
+}
+
+impl Settings {
+    /// The sidecar's settings from the shared, checked configuration
+    /// (`policy_compiler::config::load_file`). `config_file` is watched for policy changes.
+    ///
+    /// Refuses generated secrets: the sidecar and every filter must share
+    /// `shared_secret` and `cookie_secret`, so a random per-process one cannot work.
+    pub fn from_config(
+        config: &policy_compiler::config::Config,
+        config_file: Option<PathBuf>,
+    ) -> Result<Settings, StartupError> {
+        use policy_compiler::config::StorageType;
+        if config.shared_secret.generated {
+            return Err(StartupError::Setting {
+                option: "shared_secret",
+                reason: "must be set (the sidecar and the filters must share it)".to_owned(),
+            });
+        }
+        if config.cookie_secret.generated {
+            return Err(StartupError::Setting {
+                option: "cookie_secret",
+                reason: "must be set (the sidecar and the filters must share it)".to_owned(),
+            });
+        }
+        let secret = |s: &policy_compiler::config::SecretString| SecretString::new(s.expose());
+        let idp_client = config.idp_client_id.as_ref().map(|id| IdpClientSettings {
+            client_id: id.clone(),
+            client_secret: config
+                .idp_client_secret
+                .as_ref()
+                .map(secret)
+                .unwrap_or_else(|| SecretString::new("")),
+        });
+        let mut route_idp_clients: Vec<IdpClientSettings> = Vec::new();
+        let mut route_hosts: Vec<String> = Vec::new();
+        let mut login_routes = Vec::with_capacity(config.routes.len());
+        for r in &config.routes {
+            if let Some(h) = url_host(&r.from.value)
+                && !route_hosts.contains(&h)
+            {
+                route_hosts.push(h);
+            }
+            login_routes.push(LoginRoute {
+                from: r.from.value.as_str().trim_end_matches('/').to_owned(),
+                idp_client_id: r.idp_client_id.clone(),
+            });
+            if let Some(id) = &r.idp_client_id
+                && !route_idp_clients.iter().any(|c| &c.client_id == id)
+                && idp_client.as_ref().is_none_or(|c| &c.client_id != id)
+            {
+                route_idp_clients.push(IdpClientSettings {
+                    client_id: id.clone(),
+                    client_secret: r
+                        .idp_client_secret
+                        .as_ref()
+                        .map(secret)
+                        .unwrap_or_else(|| SecretString::new("")),
+                });
+            }
+        }
+        let storage = match config.databroker_storage_type {
+            StorageType::Memory => StorageSettings::Memory,
+            StorageType::Redis => StorageSettings::Redis {
+                connection_string: config
+                    .databroker_storage_connection_string
+                    .as_ref()
+                    .map(|s| s.expose().to_owned())
+                    .ok_or(StartupError::Setting {
+                        option: "databroker_storage_connection_string",
+                        reason: "required with `databroker_storage_type: redis`".to_owned(),
+                    })?,
+                key_prefix: REDIS_KEY_PREFIX.to_owned(),
+            },
+        };
+        let mut s = Settings::new(
+            config.shared_secret.secret.clone(),
+            config.cookie_secret.secret.clone(),
+        );
+        s.address = bind("sidecar_address", &config.sidecar_address)?;
+        s.metrics_address = config
+            .metrics_address
+            .as_ref()
+            .map(|a| bind("metrics_address", a))
+            .transpose()?;
+        s.cookie_name = config.cookie_name.clone();
+        s.cookie_expire = config.cookie_expire;
+        s.cookie_domain = config.cookie_domain.clone();
+        s.cookie_secure = config.cookie_secure;
+        s.cookie_http_only = config.cookie_http_only;
+        s.insecure_server = config.insecure_server;
+        s.authenticate_service_url = config
+            .authenticate_service_url
+            .as_ref()
+            .map(|u| u.to_string());
+        s.signout_redirect_url = config.signout_redirect_url.as_ref().map(|u| u.to_string());
+        s.idp_provider_url = config.idp_provider_url.as_ref().map(|u| u.to_string());
+        s.idp_scopes = config.idp_scopes.clone();
+        s.idp_request_params = config
+            .idp_request_params
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        s.idp_client = idp_client;
+        s.route_idp_clients = route_idp_clients;
+        s.route_hosts = route_hosts;
+        s.login_routes = login_routes;
+        s.programmatic_redirect_domain_whitelist =
+            config.programmatic_redirect_domain_whitelist.clone();
+        s.signing_key = config.signing_key.as_ref().map(secret);
+        s.jwt_claims_headers = config
+            .jwt_claims_headers
+            .iter()
+            .map(|h| (h.header.clone(), h.claim.clone()))
+            .collect();
+        s.storage = storage;
+        s.identity.user_info_refresh_interval = config.identity_user_info_refresh_interval;
+        s.policy_bundle_file = config.policy_bundle_file.clone();
+        s.config_file = config_file;
+        s.log_level = config.log_level.name().to_owned();
+        Ok(s)
+    }
+}

@@ -21,3 +21,6 @@ mod identity;
 
 #[path = "core/api.rs"]
 mod api;
+
+#[path = "core/binary.rs"]
+mod binary;

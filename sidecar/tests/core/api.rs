@@ -262,20 +262,23 @@ async fn changes_long_poll_wakes_on_a_change() {
 #[tokio::test]
 async fn bundle_is_served_and_reloads_wake_the_change_stream() {
     let dir = TempDir::new("bundle");
-    let path = dir.0.join("bundle.pb");
-    std::fs::write(&path, b"first-bundle").unwrap();
-    let source = BundleSource::File(path.clone());
+    let path = dir.0.join("config.yaml");
+    std::fs::write(&path, config_yaml("admins")).unwrap();
+    let source = BundleSource::Config(path.clone());
     let idp = FakeIdp::new();
     let state = app(memory_store(), idp, settings());
     assert!(bundle::reload(&state.bundle, &source, &state.metrics));
 
     let (status, headers, body) = authed(&state, "/.portcullis/v1/bundle").await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(body, b"first-bundle");
     let v1 = headers[api::HEADER_BUNDLE_VERSION]
         .to_str()
         .unwrap()
         .to_owned();
+    // The served bytes are a valid bundle whose own version is the advertised one.
+    let engine = policy_compiler::eval::Engine::from_bytes(&body).unwrap();
+    assert_eq!(engine.version(), v1);
+    assert_eq!(engine.route_count(), 1);
     assert_eq!(v1, state.bundle.current().version);
 
     // A long poll with nothing else happening is answered by a bundle change.
@@ -293,7 +296,7 @@ async fn bundle_is_served_and_reloads_wake_the_change_stream() {
         })
     };
     tokio::time::sleep(Duration::from_millis(150)).await;
-    std::fs::write(&path, b"second-bundle").unwrap();
+    std::fs::write(&path, config_yaml("operators")).unwrap();
     assert!(bundle::reload(&state.bundle, &source, &state.metrics));
     let (elapsed, (_, _, body)) = tokio::time::timeout(Duration::from_secs(3), poll)
         .await
@@ -316,24 +319,52 @@ async fn bundle_is_served_and_reloads_wake_the_change_stream() {
     )
     .await;
     assert!(t.elapsed() < Duration::from_secs(1));
+    let v2 = state.bundle.current().version.clone();
 
-    // A broken new bundle keeps the old one in service.
-    std::fs::write(&path, b"").unwrap();
-    assert!(!bundle::reload(&state.bundle, &source, &state.metrics));
-    let (_, _, body) = authed(&state, "/.portcullis/v1/bundle").await;
-    assert_eq!(body, b"second-bundle");
-    assert_eq!(state.metrics.bundle_reload_failures.get(), 1);
+    // A broken config (bad PPL, bad YAML, missing file) keeps the bundle in service.
+    for broken in [
+        config_yaml("admins").replace("claim/groups", "no_such_criterion"),
+        "routes: [".to_owned(),
+    ] {
+        std::fs::write(&path, broken).unwrap();
+        assert!(!bundle::reload(&state.bundle, &source, &state.metrics));
+        assert_eq!(state.bundle.current().version, v2);
+    }
     std::fs::remove_file(&path).unwrap();
     assert!(!bundle::reload(&state.bundle, &source, &state.metrics));
-    assert_eq!(state.bundle.current().bytes.as_ref(), b"second-bundle");
+    assert_eq!(state.metrics.bundle_reload_failures.get(), 3);
+    let (_, headers, _) = authed(&state, "/.portcullis/v1/bundle").await;
+    assert_eq!(headers[api::HEADER_BUNDLE_VERSION], v2.as_str());
+}
+
+#[tokio::test]
+async fn policy_bundle_file_is_validated() {
+    let dir = TempDir::new("bundlefile");
+    let path = dir.0.join("bundle.pb");
+    let loaded =
+        policy_compiler::config::load_str("c.yaml", &config_yaml("admins"), &|_| None).unwrap();
+    let bytes = policy_compiler::compile::compile(&loaded.config)
+        .unwrap()
+        .to_bytes();
+    std::fs::write(&path, &bytes).unwrap();
+    let source = BundleSource::File(path.clone());
+    let b = bundle::load(&source).unwrap();
+    assert_eq!(b.bytes.as_ref(), bytes.as_slice());
+    let holder = bundle::BundleHolder::new(b.clone());
+    for garbage in [&b""[..], b"\xff\xff\xff\xff", b"not a bundle at all"] {
+        std::fs::write(&path, garbage).unwrap();
+        assert!(bundle::load(&source).is_err());
+        assert!(!bundle::reload(&holder, &source, &Default::default()));
+        assert_eq!(*holder.current(), b);
+    }
 }
 
 #[tokio::test]
 async fn bundle_file_watcher_picks_up_changes() {
     let dir = TempDir::new("watch");
-    let path = dir.0.join("bundle.pb");
-    std::fs::write(&path, b"one").unwrap();
-    let source = BundleSource::File(path.clone());
+    let path = dir.0.join("config.yaml");
+    std::fs::write(&path, config_yaml("one")).unwrap();
+    let source = BundleSource::Config(path.clone());
     let holder = bundle::BundleHolder::new(bundle::load(&source).unwrap());
     let v1 = holder.current().version.clone();
     let task = tokio::spawn(bundle::watch_source(
@@ -343,13 +374,12 @@ async fn bundle_file_watcher_picks_up_changes() {
         Duration::from_millis(50),
     ));
     tokio::time::sleep(Duration::from_millis(1100)).await; // mtime granularity
-    std::fs::write(&path, b"two").unwrap();
+    std::fs::write(&path, config_yaml("two")).unwrap();
     let mut rx = holder.subscribe();
     tokio::time::timeout(Duration::from_secs(3), rx.wait_for(|b| b.version != v1))
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(holder.current().bytes.as_ref(), b"two");
     task.abort();
 }
 

@@ -519,7 +519,7 @@ pub fn app(store: Arc<dyn Store>, idp: Arc<FakeIdp>, settings: Settings) -> AppS
         signer: Arc::new(FakeSigner {
             signatures: AtomicUsize::new(0),
         }),
-        bundle: BundleHolder::new(Bundle::new(b"bundle-v1".to_vec())),
+        bundle: BundleHolder::new(Bundle::unchecked(b"bundle-v1".to_vec(), "v1")),
         login: None,
     })
 }
@@ -565,4 +565,29 @@ pub fn view_strings(view: &portcullis_common::api::SessionView, key: &str) -> Op
             })
             .collect()
     })
+}
+
+// ---------------------------------------------------------------- configs
+
+/// A minimal valid config whose one route requires `group`.
+pub fn config_yaml(group: &str) -> String {
+    use base64::engine::general_purpose::STANDARD;
+    format!(
+        r#"shared_secret: {shared}
+cookie_secret: {cookie}
+authenticate_service_url: https://auth.example.com
+idp_provider_url: https://idp.example.com
+idp_client_id: portcullis-test-client
+idp_client_secret: client-secret
+routes:
+  - from: https://app.example.com
+    to: http://127.0.0.1:9
+    policy:
+      allow:
+        and:
+          - claim/groups: {group}
+"#,
+        shared = STANDARD.encode(SHARED),
+        cookie = STANDARD.encode([12u8; 32]),
+    )
 }
