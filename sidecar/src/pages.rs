@@ -65,10 +65,12 @@ pub fn html(status: StatusCode, title: &str, body: &str) -> Response {
             (header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8")),
             (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
             (header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff")),
+            // No `form-action`: browsers apply it to the redirects after a submit too, and
+            // sign-out redirects to the IdP's end_session_endpoint (another origin).
             (
                 header::CONTENT_SECURITY_POLICY,
                 HeaderValue::from_static(
-                    "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+                    "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'; base-uri 'none'",
                 ),
             ),
             (header::REFERRER_POLICY, HeaderValue::from_static("no-referrer")),
