@@ -584,3 +584,31 @@ async fn rotated_idp_signing_keys_are_fetched_on_refresh() {
         "{err:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cookie_domain_shares_one_cookie_without_hand_off() {
+    let d = Deployment::start(Options {
+        cookie_domain: Some("portcullis.test".into()),
+        ..Options::default()
+    })
+    .await;
+    let b = d.browser();
+    let ret = d.app_url(APP_HOST, "/shared");
+    let hops = b.login(&d, &ret, "alice", "alice-pw").await;
+    // The callback on the authenticate host sets a Domain=portcullis.test cookie and
+    // goes straight back: no hand-off hop.
+    assert!(
+        !hops.iter().any(|h| h.url.contains("/.pomerium/callback?")),
+        "unexpected hand-off"
+    );
+    let sid = b
+        .session_id(&ret)
+        .expect("shared cookie applies to the route host");
+    assert_eq!(b.session_id(&d.auth_url()).as_deref(), Some(sid.as_str()));
+    assert_eq!(
+        b.session_id(&d.app_url(B_HOST, "/")).as_deref(),
+        Some(sid.as_str())
+    );
+    assert!(d.internal_session(&sid, "x").await.found);
+    assert_eq!(b.get(&d.app_url(APP_HOST, "/.pomerium/")).await.status, 200);
+}
