@@ -74,5 +74,18 @@ lint: deps-rust
 bench: deps wasm
 	$(CARGO) bench -p policy-compiler
 
+# Short runs of every cargo-fuzz target (nightly + cargo-fuzz, installed if missing).
+FUZZ_SECONDS ?= 20
+FUZZ_DIRS := policy-compiler common
+fuzz-smoke:
+	@rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
+	@command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+	@set -eo pipefail; for d in $(FUZZ_DIRS); do \
+	  for t in $$(cd $$d && cargo +nightly fuzz list); do \
+	    echo "fuzz $$d/$$t for $(FUZZ_SECONDS)s"; \
+	    (cd $$d && CARGO_TARGET_DIR=$(CURDIR)/target/fuzz cargo +nightly fuzz run $$t -- -max_total_time=$(FUZZ_SECONDS)) 2>&1 | tail -2; \
+	  done; \
+	done
+
 clean:
 	$(CARGO) clean
