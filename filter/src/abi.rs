@@ -27,7 +27,7 @@ fn with_worker<R>(
 ) -> Option<R> {
     WORKERS.with(|w| {
         let Ok(mut map) = w.try_borrow_mut() else {
-            log::error!("portcullis: re-entrant call into the filter refused");
+            log::error!("re-entrant call into the filter refused");
             return None;
         };
         let worker = map.get_mut(&root)?;
@@ -40,7 +40,7 @@ pub fn start() {
     proxy_wasm::set_log_level(LogLevel::Info);
     std::panic::set_hook(Box::new(|info| {
         // With panic=abort the VM dies right after this; say why before it does.
-        let _ = hostcalls::log(LogLevel::Critical, &format!("portcullis: panic: {info}"));
+        let _ = hostcalls::log(LogLevel::Critical, &format!("panic: {info}"));
     }));
     proxy_wasm::set_root_context(|id| Box::new(Root { id }));
 }
@@ -75,14 +75,14 @@ impl RootContext for Root {
         let raw = match hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX) {
             Ok(Some(b)) => b,
             _ => {
-                log::error!("portcullis: invalid plugin configuration: `$`: missing");
+                log::error!("invalid plugin configuration: `$`: missing");
                 return false;
             }
         };
         let cfg = match Config::parse(&raw) {
             Ok(c) => c,
             Err(e) => {
-                log::error!("portcullis: {e}");
+                log::error!("{e}");
                 return false;
             }
         };
@@ -90,7 +90,7 @@ impl RootContext for Root {
         let worker = match Worker::<Engine>::new(cfg) {
             Ok(w) => w,
             Err(e) => {
-                log::error!("portcullis: invalid plugin configuration: {e}");
+                log::error!("invalid plugin configuration: {e}");
                 return false;
             }
         };
@@ -105,7 +105,7 @@ impl RootContext for Root {
             return false;
         }
         if hostcalls::set_tick_period(Duration::from_millis(tick)).is_err() {
-            log::error!("portcullis: cannot set the tick period");
+            log::error!("cannot set the tick period");
             return false;
         }
         true
@@ -196,13 +196,13 @@ impl Host for EnvoyHost {
             None => hostcalls::remove_map_value(MapType::HttpRequestHeaders, name),
         };
         if r.is_err() {
-            log::warn!("portcullis: cannot set request header `{name}`");
+            log::warn!("cannot set request header `{name}`");
         }
     }
 
     fn send_response(&mut self, status: u32, headers: &[(&str, &str)], body: &[u8]) {
         if hostcalls::send_http_response(status, headers.to_vec(), Some(body)).is_err() {
-            log::error!("portcullis: cannot send a local response");
+            log::error!("cannot send a local response");
         }
     }
 

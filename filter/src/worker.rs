@@ -505,10 +505,7 @@ impl<P: Policy> Worker<P> {
         match host.dispatch(&self.cfg.sidecar_cluster, &headers, timeout_ms) {
             Ok(t) => Some(t),
             Err(_) => {
-                log::warn!(
-                    "portcullis: cannot call sidecar cluster `{}`",
-                    self.cfg.sidecar_cluster
-                );
+                log::warn!("cannot call sidecar cluster `{}`", self.cfg.sidecar_cluster);
                 None
             }
         }
@@ -612,11 +609,11 @@ impl<P: Policy> Worker<P> {
         now_ms: u64,
     ) -> Outcome {
         if status != Some(200) {
-            log::warn!("portcullis: session lookup answered {status:?}");
+            log::warn!("session lookup answered {status:?}");
             return Outcome::Failed;
         }
         let Ok(resp) = SessionResponse::decode(body) else {
-            log::warn!("portcullis: undecodable session answer");
+            log::warn!("undecodable session answer");
             return Outcome::Failed;
         };
         let sid = key.0;
@@ -726,7 +723,7 @@ impl<P: Policy> Worker<P> {
             (status, _) => {
                 self.stream.failures = self.stream.failures.saturating_add(1);
                 self.stream.next_at_ms = now_ms + backoff(self.cfg.tick_ms, self.stream.failures);
-                log::warn!("portcullis: change stream failed ({status:?})");
+                log::warn!("change stream failed ({status:?})");
                 return;
             }
         };
@@ -812,7 +809,7 @@ impl<P: Policy> Worker<P> {
         if status != Some(200) {
             self.bundle.failures = self.bundle.failures.saturating_add(1);
             self.bundle.next_at_ms = now_ms + backoff(self.cfg.tick_ms, self.bundle.failures);
-            log::warn!("portcullis: bundle fetch answered {status:?}");
+            log::warn!("bundle fetch answered {status:?}");
             return;
         }
         let header_version = host
@@ -823,14 +820,14 @@ impl<P: Policy> Worker<P> {
         match P::decode(body) {
             Ok(engine) => {
                 let version = engine.version().to_owned();
-                log::info!("portcullis: policy bundle {version} loaded");
+                log::info!("policy bundle {version} loaded");
                 self.active = Some(Rc::new(Active::new(engine, &self.cfg)));
                 self.bundle.failures = 0;
                 self.bundle.bad = None;
             }
             Err(e) => {
                 let v = header_version.unwrap_or(wanted);
-                log::error!("portcullis: bundle {v} refused, keeping the current one: {e}");
+                log::error!("bundle {v} refused, keeping the current one: {e}");
                 self.bundle.bad = Some((v, now_ms + BAD_BUNDLE_RETRY_MS));
             }
         }

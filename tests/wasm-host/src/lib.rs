@@ -11,7 +11,10 @@
 //! Unimplemented imports trap with their name, so a filter that starts calling something
 //! new fails loudly rather than silently.
 
+pub mod envoy;
 pub mod fixtures;
+pub mod http;
+pub mod sidecar;
 
 use std::collections::HashMap;
 use std::path::Path;
