@@ -323,13 +323,17 @@ pub struct RouteInfo<'a> {
     pub from: &'a str,
     /// The host key it is indexed under (lower-case, `:port` only when not the default).
     pub host: &'a str,
-    /// `allow_public_unauthenticated_access`. Note: a public route may still need a session
-    /// when its policy has identity criteria (`uses_identity`), e.g. a `deny` on `email`.
+    /// `allow_public_unauthenticated_access`. Not a licence to skip evaluation: a public route
+    /// still has Pomerium's implicit deny of invalid client certificates and may have `deny`
+    /// rules, some on the user (`uses_identity`; e.g. a `deny` on `email` sends signed-out
+    /// users to sign-in, as Pomerium does).
     pub public: bool,
     /// `pass_identity_headers`, resolved against the global default.
     pub pass_identity_headers: bool,
     /// Whether any criterion of the route looks at the user; when false, evaluating with no
-    /// subject gives the same answer as with one (the filter may skip the session lookup).
+    /// subject gives the same answer as with one (the filter may skip the session lookup but
+    /// must still call `evaluate`), except on Pomerium's own `/.pomerium/jwt` and
+    /// `/.pomerium/webauthn` paths (the implicit `pomerium_routes` rule).
     pub uses_identity: bool,
 }
 

@@ -1,6 +1,8 @@
 //! `Engine::evaluate` (and `find_route`) allocate nothing on the heap for common rules: a
 //! counting global allocator watches this thread while the seed config's routes are decided.
 
+// Needs the YAML front end and compiler.
+#![cfg(feature = "frontend")]
 // A counting global allocator needs `unsafe impl GlobalAlloc`; it only forwards to `System`.
 #![allow(unsafe_code)]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]

@@ -2,6 +2,8 @@
 //! determinism and atomicity, `eval` / `explain` JSON and exit codes, and the issue-report
 //! fixture deciding as the bug report expects.
 
+// Needs the YAML front end and compiler.
+#![cfg(feature = "frontend")]
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,

@@ -4,6 +4,8 @@
 //! - `explain` agrees with `evaluate`;
 //! - the bundle round-trips (`decode(encode(b)) == b`) and compiling twice gives the same bytes.
 
+// Needs the YAML front end and compiler.
+#![cfg(feature = "frontend")]
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,

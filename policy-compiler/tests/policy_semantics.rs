@@ -2,6 +2,8 @@
 //! whole pipeline: YAML → config → PPL → bundle bytes → `Engine::evaluate`. Every decision is
 //! also checked against the oracle interpreter and against `Engine::explain`.
 
+// Needs the YAML front end and compiler.
+#![cfg(feature = "frontend")]
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
