@@ -164,9 +164,7 @@ impl OidcProvider {
         if let Some(d) = slot.as_ref() {
             return Ok(d.clone());
         }
-        let meta = ProviderMeta::discover_async(self.issuer.clone(), &self.http)
-            .await
-            .map_err(|e| unavailable("OIDC discovery failed", error_chain(&e)))?;
+        let meta = self.discover().await?;
         for (what, url) in [
             (
                 "authorization_endpoint",
@@ -201,6 +199,48 @@ impl OidcProvider {
         *slot = Some(d.clone());
         tracing::info!(issuer = self.issuer.as_str(), "OIDC provider discovered");
         Ok(d)
+    }
+
+    /// Fetch the discovery document and the JWKS.
+    ///
+    /// Done by hand rather than with `ProviderMetadata::discover_async` because that one
+    /// demands the configured issuer text byte for byte, and a configured URL often gains
+    /// or loses a trailing `/` on its way through URL parsing (`http://idp:9000` vs
+    /// `http://idp:9000/`). A difference in that one trailing slash is tolerated; the
+    /// IdP's own spelling is then used for ID token `iss` checks (tokens carry it).
+    async fn discover(&self) -> Result<ProviderMeta, IdpError> {
+        let configured = self.issuer.as_str().trim_end_matches('/');
+        let url = format!("{configured}/.well-known/openid-configuration");
+        let response = self
+            .http
+            .get(&url)
+            .header(reqwest::header::ACCEPT, "application/json")
+            .send()
+            .await
+            .map_err(|e| unavailable("OIDC discovery failed", error_chain(&e)))?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(IdpError::Unavailable(format!(
+                "OIDC discovery answered {status}"
+            )));
+        }
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| unavailable("reading the OIDC discovery document failed", e))?;
+        let meta: ProviderMeta = serde_json::from_slice(&body)
+            .map_err(|e| IdpError::Protocol(format!("invalid OIDC discovery document: {e}")))?;
+        if meta.issuer().as_str().trim_end_matches('/') != configured {
+            return Err(IdpError::Protocol(format!(
+                "the provider calls itself `{}`, not `{}` (idp_provider_url)",
+                meta.issuer().as_str(),
+                self.issuer.as_str()
+            )));
+        }
+        let jwks = CoreJsonWebKeySet::fetch_async(meta.jwks_uri(), &self.http)
+            .await
+            .map_err(|e| unavailable("fetching the provider JWKS failed", error_chain(&e)))?;
+        Ok(meta.set_jwks(jwks))
     }
 
     /// Refetch the JWKS (after an unknown `kid`), rate-limited. Returns whether it did.
@@ -646,6 +686,70 @@ mod tests {
         assert!(jwt_payload("a.WzFd.c").is_none());
         assert!(jwt_payload("garbage").is_none());
         assert!(jwt_payload("a.!!!.c").is_none());
+    }
+
+    /// A discovery document server on loopback: (issuer as served, token endpoint).
+    async fn fake_discovery(issuer: Option<&str>, token_endpoint: Option<&str>) -> String {
+        use axum::routing::get;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let doc = serde_json::json!({
+            "issuer": issuer.map_or_else(|| base.clone(), str::to_owned),
+            "authorization_endpoint": format!("{base}/auth"),
+            "token_endpoint": token_endpoint.map_or_else(|| format!("{base}/token"), str::to_owned),
+            "jwks_uri": format!("{base}/jwks"),
+            "response_types_supported": ["code"],
+            "subject_types_supported": ["public"],
+            "id_token_signing_alg_values_supported": ["RS256"],
+        });
+        let app = axum::Router::new()
+            .route(
+                "/.well-known/openid-configuration",
+                get(move || async move { axum::Json(doc) }),
+            )
+            .route(
+                "/jwks",
+                get(|| async { axum::Json(serde_json::json!({"keys": []})) }),
+            );
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        base
+    }
+
+    fn client(issuer: &str) -> OidcClient {
+        let p = Arc::new(OidcProvider::new(issuer).unwrap());
+        OidcClient::new(
+            p,
+            "c",
+            &SecretString::new("s"),
+            "http://127.0.0.1/cb",
+            &[],
+            vec![],
+        )
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn discovery_matches_the_issuer_modulo_a_trailing_slash() {
+        // Configured with a trailing slash, served without: accepted (no user-info
+        // endpoint in this document, so user info is empty).
+        let base = fake_discovery(None, None).await;
+        let c = client(&format!("{base}/"));
+        assert_eq!(
+            c.user_info(&SecretString::new("at")).await.unwrap(),
+            Map::new()
+        );
+        // Another issuer: refused, clearly.
+        let base = fake_discovery(Some("https://evil.example.com"), None).await;
+        match client(&base).user_info(&SecretString::new("at")).await {
+            Err(IdpError::Protocol(m)) => assert!(m.contains("calls itself"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        // An advertised endpoint over plain http off loopback: refused.
+        let base = fake_discovery(None, Some("http://idp.example.com/token")).await;
+        match client(&base).refresh(&SecretString::new("rt")).await {
+            Err(IdpError::Protocol(m)) => assert!(m.contains("token_endpoint"), "{m}"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[tokio::test]

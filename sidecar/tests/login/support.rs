@@ -239,7 +239,9 @@ impl Deployment {
         s.address = addr;
         s.insecure_server = true;
         s.authenticate_service_url = Some(auth.clone());
-        s.idp_provider_url = Some(idp.issuer.clone());
+        // As the config loader writes it (a parsed URL gains a trailing slash); the
+        // IdP's issuer has none: discovery must still match them up.
+        s.idp_provider_url = Some(format!("{}/", idp.issuer));
         s.idp_client = Some(IdpClientSettings {
             client_id: "default".into(),
             client_secret: sidecar::idp::SecretString::new("default-secret"),
