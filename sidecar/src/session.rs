@@ -435,3 +435,77 @@ impl SessionService {
         Ok(s)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn obj(v: Value) -> Map<String, Value> {
+        match v {
+            Value::Object(m) => m,
+            _ => Map::new(),
+        }
+    }
+
+    #[test]
+    fn user_info_overrides_claim_by_claim_and_nothing_old_survives() {
+        let id =
+            obj(json!({"sub": "u", "groups": ["a", "b"], "department": "x", "email": "old@x"}));
+        let info = obj(json!({"groups": ["b"], "email": "new@x"}));
+        let c = derive_claims(&id, &info);
+        assert_eq!(c["groups"], json!(["b"]), "replace, never merge lists");
+        assert_eq!(c["email"], json!("new@x"));
+        assert_eq!(
+            c["department"],
+            json!("x"),
+            "claims user info lacks come from the ID token"
+        );
+        // Pure function: deriving again from newer inputs forgets older ones entirely.
+        let c2 = derive_claims(&obj(json!({"sub": "u"})), &obj(json!({})));
+        assert_eq!(c2, obj(json!({"sub": "u"})));
+    }
+
+    #[test]
+    fn views_flatten_like_the_evaluator() {
+        let claims = obj(json!({
+            "groups": ["a", 1, true, null, {"x": 1}],
+            "org": {"unit": {"name": "eng"}, "n": 2},
+            "email": "E@x.com",
+            "empty": [],
+        }));
+        let flat = flatten_claims(&claims);
+        let keys: Vec<&str> = flat.iter().map(|c| c.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            vec!["email", "empty", "groups", "org.n", "org.unit.name"]
+        );
+        let groups = &flat
+            .iter()
+            .find(|c| c.key == "groups")
+            .map(|c| c.values.clone())
+            .unwrap_or_default();
+        assert_eq!(groups.len(), 5);
+        assert_eq!(groups[0].kind, Some(claim_value::Kind::Str("a".into())));
+        assert_eq!(groups[1].kind, Some(claim_value::Kind::Number(1.0)));
+        assert_eq!(groups[2].kind, Some(claim_value::Kind::Bool(true)));
+        assert_eq!(
+            groups[3].kind, None,
+            "null is an element that equals nothing"
+        );
+        assert_eq!(groups[4].kind, None);
+        // Same answer as the evaluator's own flattening.
+        let evaluator = policy_compiler::eval::Claims::from_json(&claims);
+        assert_eq!(evaluator.len(), flat.len());
+    }
+
+    #[test]
+    fn session_ids_are_valid_cookie_ids() {
+        for _ in 0..20 {
+            let id = new_session_id().unwrap();
+            assert_eq!(id.len(), 43);
+            assert!(portcullis_common::cookie::SessionId::parse(&id).is_some());
+        }
+        assert_ne!(new_session_id().unwrap(), new_session_id().unwrap());
+    }
+}

@@ -13,18 +13,32 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 /// Where the databroker keeps its records.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum StorageSettings {
     /// Embedded, in this process (default). Sessions are lost on restart.
     Memory,
     /// Redis (`databroker_storage_type: redis`).
     Redis {
         /// `databroker_storage_connection_string`, e.g. `redis://127.0.0.1:6379/0`.
-        /// May carry a password: never logged.
+        /// May carry a password: never logged (`Debug` redacts it).
         connection_string: String,
         /// Key prefix, so several deployments can share one Redis.
         key_prefix: String,
     },
+}
+
+impl std::fmt::Debug for StorageSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StorageSettings::Memory => f.write_str("Memory"),
+            // The connection string may carry a password.
+            StorageSettings::Redis { key_prefix, .. } => f
+                .debug_struct("Redis")
+                .field("connection_string", &"***")
+                .field("key_prefix", key_prefix)
+                .finish(),
+        }
+    }
 }
 
 /// Log output format (`log_format` / `LOG_FORMAT`).

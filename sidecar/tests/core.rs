@@ -24,3 +24,6 @@ mod api;
 
 #[path = "core/binary.rs"]
 mod binary;
+
+#[path = "core/config.rs"]
+mod config;

@@ -166,3 +166,91 @@ fn binary_refuses_bad_configs_with_a_clear_error() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--config"));
 }
+
+async fn fetch_session(
+    client: &reqwest::Client,
+    main: u16,
+    id: &str,
+) -> Option<portcullis_common::api::SessionResponse> {
+    use prost::Message;
+    let token = portcullis_common::api::api_token(&portcullis_common::Secret::from_bytes(SHARED));
+    let r = client
+        .get(format!(
+            "http://127.0.0.1:{main}/.portcullis/v1/session?id={id}&aud=app.example.com"
+        ))
+        .bearer_auth(token)
+        .send()
+        .await
+        .ok()?;
+    if !r.status().is_success() {
+        return None;
+    }
+    portcullis_common::api::SessionResponse::decode(r.bytes().await.ok()?).ok()
+}
+
+#[tokio::test]
+async fn binary_with_redis_loses_no_session_across_restarts() {
+    let mut redis = RedisServer::start_persistent();
+    // A session made by "another replica" (same shared secret, same Redis).
+    let idp = FakeIdp::new();
+    idp.add_user("user-bin", "bin@example.com", &["g1"]);
+    let mut st = settings();
+    st.storage = sidecar::settings::StorageSettings::Redis {
+        connection_string: redis.url(),
+        key_prefix: "portcullis:".into(),
+    };
+    let other = app(redis_store(&redis).await, idp.clone(), st);
+    let s = login(&other, &idp, "user-bin", Default::default()).await;
+
+    let dir = TempDir::new("binredis");
+    let cfg = dir.0.join("config.yaml");
+    let (main, metrics) = (port(), port());
+    let yaml = format!(
+        "databroker_storage_type: redis\ndatabroker_storage_connection_string: {}\n{}",
+        redis.url(),
+        with_addresses(config_yaml("g1"), main, metrics)
+    );
+    std::fs::write(&cfg, yaml).unwrap();
+    let client = reqwest::Client::new();
+    for round in 0..2 {
+        let sidecar = start(&cfg);
+        wait_ok(&format!("http://127.0.0.1:{main}/readyz")).await;
+        let r = fetch_session(&client, main, &s.id).await.unwrap();
+        assert!(r.found, "round {round}: session lost");
+        let view = r.view.unwrap();
+        assert_eq!(view.user_id, "user-bin");
+        assert_eq!(view_strings(&view, "groups").unwrap(), vec!["g1"]);
+        assert_eq!(r.identity_jwt.split('.').count(), 3, "a real signed JWT");
+        if round == 0 {
+            // Redis restarts under the running sidecar.
+            redis.restart();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let mut found = false;
+            while !found && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                found = fetch_session(&client, main, &s.id)
+                    .await
+                    .is_some_and(|r| r.found);
+            }
+            assert!(found, "session lost across a Redis restart");
+        }
+        drop(sidecar); // the sidecar process restarts next round
+    }
+    // And Redis down → not ready, not crashed.
+    let _sidecar = start(&cfg);
+    wait_ok(&format!("http://127.0.0.1:{main}/readyz")).await;
+    redis.kill();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let r = client
+        .get(format!("http://127.0.0.1:{main}/readyz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    let r = client
+        .get(format!("http://127.0.0.1:{main}/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
