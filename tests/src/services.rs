@@ -52,13 +52,27 @@ pub struct Idp {
 
 impl Idp {
     /// Start it with one confidential client (`portcullis`/`portcullis-secret`) whose
-    /// redirect URI is `callback`, and `users`.
-    pub async fn start(dir: &Path, port: u16, callback: &str, users: &[User]) -> Result<Idp> {
+    /// redirect URI is `callback`, and `users`. With `issuer_slash` the issuer is
+    /// `http://127.0.0.1:<port>/` (trailing slash, as Auth0 and others publish it), else
+    /// `http://127.0.0.1:<port>` (as Azure, Okta, Keycloak do). Either way the config must
+    /// name the issuer exactly as [`Idp::issuer`] says.
+    pub async fn start(
+        dir: &Path,
+        port: u16,
+        callback: &str,
+        users: &[User],
+        issuer_slash: bool,
+    ) -> Result<Idp> {
         let idp = env::idp_dir()?;
         let mut cmd = Command::new("node");
         cmd.arg(idp.join("idp.mjs"))
             .args(["--host", "127.0.0.1", "--port", &port.to_string()])
             .args(["--access-token-ttl", "60", "--id-token-ttl", "60"])
+            .arg("--issuer")
+            .arg(format!(
+                "http://127.0.0.1:{port}{}",
+                if issuer_slash { "/" } else { "" }
+            ))
             .arg("--client")
             .arg(format!("portcullis:portcullis-secret:{callback}"))
             .env("IDP_EXIT_ON_STDIN_CLOSE", "1");
@@ -91,7 +105,8 @@ impl Idp {
         path: &str,
         body: Option<Value>,
     ) -> Result<Value> {
-        let mut req = self.http.request(method, format!("{}{path}", self.issuer));
+        let base = self.issuer.trim_end_matches('/');
+        let mut req = self.http.request(method, format!("{base}{path}"));
         if let Some(b) = body {
             req = req.json(&b);
         }

@@ -28,6 +28,16 @@ pub const SHARED_SECRET: &str = "c2hhcmVkLXNlY3JldC1mb3ItdGVzdHMtMDEyMzQ1Njc=";
 /// Test-only cookie secret.
 pub const COOKIE_SECRET: &str = "Y29va2llLXNlY3JldC1mb3ItdGVzdHMtMDEyMzQ1Njc=";
 
+/// Test-only identity-JWT signing key (P-256). Replicas must share one key: each would
+/// otherwise generate its own, and upstreams would see JWTs the JWKS they fetched (from
+/// another replica) does not list.
+pub const SIGNING_KEY_PEM: &str = "-----BEGIN PRIVATE KEY-----
+MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgwMLCEo0oijZRsL1T
+VKkLHOY8Nj2UGrTE/4+hlhAe6gyhRANCAAQ5H4SQT3Jia21IuZdn06U5SMrP50ZV
+Rw/pNygOoGoVjmGxV02i1jQ49Aa39W47k0cV99WroL7bth2OGvCVtovb
+-----END PRIVATE KEY-----
+";
+
 /// What to start.
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -43,6 +53,8 @@ pub struct Options {
     pub users: Vec<User>,
     /// Group the `/admin` route requires.
     pub admin_group: String,
+    /// IdP issuer with a trailing slash (`http://127.0.0.1:<port>/`); see [`Idp::start`].
+    pub issuer_slash: bool,
 }
 
 impl Options {
@@ -59,6 +71,7 @@ impl Options {
                 User::new("bob", &["staff"]),
             ],
             admin_group: "admins".to_owned(),
+            issuer_slash: true,
         }
     }
 }
@@ -71,8 +84,11 @@ pub struct Stack {
     pub port: u16,
     /// What was started.
     pub options: Options,
-    /// The config file.
+    /// The config file (sidecars, envoy-config): `policy.yaml` + `policy_bundle_file`.
     pub config: PathBuf,
+    /// The policy source `policy-compiler build` compiles (the loader insists that a
+    /// `policy_bundle_file` exists, so the source does not name one).
+    pub policy: PathBuf,
     /// The bundle the sidecars serve (`policy_bundle_file`).
     pub bundle: PathBuf,
     // Field order = drop order: Envoy first, the IdP last.
@@ -98,7 +114,8 @@ pub fn config_yaml(
     redis: Option<&str>,
     refresh: Duration,
     admin_group: &str,
-    bundle: &Path,
+    bundle: Option<&Path>,
+    signing_key_file: &Path,
 ) -> String {
     let storage = match redis {
         Some(url) => {
@@ -117,10 +134,10 @@ idp_client_id: portcullis
 idp_client_secret: portcullis-secret
 shared_secret: {SHARED_SECRET}
 cookie_secret: {COOKIE_SECRET}
+signing_key_file: {signing_key_file}
 sidecar_address: 127.0.0.1:{sidecar_port}
 {storage}identity_user_info_refresh_interval: {refresh}s
-policy_bundle_file: {bundle}
-log_level: debug
+{bundle}log_level: debug
 routes:
   - from: http://127.0.0.2:{port}
     to: http://127.0.0.1:{upstream_port}
@@ -154,7 +171,11 @@ routes:
     allow_public_unauthenticated_access: true
 "#,
         refresh = refresh.as_secs().max(1),
-        bundle = bundle.display(),
+        signing_key_file = signing_key_file.display(),
+        bundle = bundle.map_or(String::new(), |b| format!(
+            "policy_bundle_file: {}\n",
+            b.display()
+        )),
     )
 }
 
@@ -194,16 +215,25 @@ impl Stack {
         let first_sidecar = sidecar_ports.first().copied().unwrap_or_default();
         let idp_port = free_port()?;
         let callback = format!("http://127.0.0.1:{port}/oauth2/callback");
-        let idp = Idp::start(&dir, idp_port, &callback, &options.users).await?;
+        let idp = Idp::start(
+            &dir,
+            idp_port,
+            &callback,
+            &options.users,
+            options.issuer_slash,
+        )
+        .await?;
         let redis = if options.redis {
             Some(Redis::start(&dir).await?)
         } else {
             None
         };
         let config = dir.join("config.yaml");
+        let policy = dir.join("policy.yaml");
         let bundle = dir.join("bundle.pb");
-        std::fs::write(
-            &config,
+        let signing_key = dir.join("signing-key.pem");
+        std::fs::write(&signing_key, SIGNING_KEY_PEM)?;
+        let render = |b: Option<&Path>| {
             config_yaml(
                 port,
                 &idp.issuer,
@@ -212,10 +242,13 @@ impl Stack {
                 redis.as_ref().map(Redis::url).as_deref(),
                 options.refresh,
                 &options.admin_group,
-                &bundle,
-            ),
-        )?;
-        build_bundle(&config, &bundle)?;
+                b,
+                &signing_key,
+            )
+        };
+        std::fs::write(&policy, render(None))?;
+        build_bundle(&policy, &bundle)?;
+        std::fs::write(&config, render(Some(&bundle)))?;
         let upstream = Upstream::start(
             upstream_port,
             format!("http://127.0.0.2:{port}/.well-known/pomerium/jwks.json"),
@@ -232,6 +265,7 @@ impl Stack {
             port,
             options,
             config,
+            policy,
             bundle,
             envoy,
             sidecars,
@@ -280,13 +314,16 @@ impl Stack {
     /// Rewrite the config with another `/admin` group and rebuild the bundle the sidecars
     /// serve (Envoy keeps running).
     pub fn set_admin_group(&mut self, group: &str) -> Result<()> {
-        let text = std::fs::read_to_string(&self.config)?;
         let old = format!("has: {}\n", self.options.admin_group);
-        if !text.contains(&old) {
-            bail!("config has no `{old}`");
+        let new = format!("has: {group}\n");
+        for file in [&self.policy, &self.config] {
+            let text = std::fs::read_to_string(file)?;
+            if !text.contains(&old) {
+                bail!("{} has no `{old}`", file.display());
+            }
+            std::fs::write(file, text.replace(&old, &new))?;
         }
-        std::fs::write(&self.config, text.replace(&old, &format!("has: {group}\n")))?;
         self.options.admin_group = group.to_owned();
-        build_bundle(&self.config, &self.bundle)
+        build_bundle(&self.policy, &self.bundle)
     }
 }

@@ -81,7 +81,9 @@ async fn login(stack: &Stack, s: &mut Session, url: &str, user: &str) -> Result<
     let u = stack.user(user)?.clone();
     let r = s.navigate(url, Some(&u)).await?;
     ensure!(
-        !r.url.as_str().starts_with(&stack.idp.issuer),
+        !r.url
+            .as_str()
+            .starts_with(stack.idp.issuer.trim_end_matches('/')),
         "login stuck at the IdP: {} {}\ntrace: {:#?}",
         r.status,
         r.body,
@@ -172,17 +174,43 @@ async fn sessions_decide_on_their_own_claims(mut o: Options) -> Result<()> {
     // No refresh during the test: session 1 keeps the claims of its login.
     o.refresh = Duration::from_secs(3600);
     let stack = Stack::start(o).await?;
+    let alice = stack.user("alice")?.clone();
+    // Session 1 signs in on both hosts (one session, handed off to each host).
     let mut s1 = Session::new()?;
-    login(&stack, &mut s1, &stack.verify("/"), "alice").await?;
+    login(&stack, &mut s1, &stack.vault("/"), "alice").await?;
+    s1.navigate(&stack.verify("/"), Some(&alice)).await?;
     stack.idp.remove_group("alice", "admins").await?;
     // Session 2 signs in after the change: its claims lack the group.
     let mut s2 = Session::new()?;
-    login(&stack, &mut s2, &stack.verify("/"), "alice").await?;
+    login(&stack, &mut s2, &stack.vault("/"), "alice").await?;
+    s2.navigate(&stack.verify("/"), Some(&alice)).await?;
+    let sid = |r: &Resp| -> Result<String> {
+        Ok(verified_claims(r)?["sid"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned())
+    };
+    let (v1, v2) = (
+        sid(&s1.get(&stack.verify("/")).await?)?,
+        sid(&s2.get(&stack.verify("/")).await?)?,
+    );
+    ensure!(
+        !v1.is_empty() && v1 != v2,
+        "two logins must be two sessions: {v1} / {v2}"
+    );
+    ensure!(
+        v1 == sid(&s1.get(&stack.vault("/")).await?)?,
+        "session 1 differs between hosts"
+    );
+    ensure!(
+        v2 == sid(&s2.get(&stack.vault("/")).await?)?,
+        "session 2 differs between hosts"
+    );
 
     // Each session's decision matches what its own identity JWT says, on both workers
     // (several fresh requests).
     for (name, s) in [("first", &mut s1), ("second", &mut s2)] {
-        let own = verified_claims(&s.navigate(&stack.verify("/"), None).await?)?;
+        let own = verified_claims(&s.get(&stack.verify("/")).await?)?;
         let has_admins = groups(&own).contains(&"admins".to_owned());
         for _ in 0..6 {
             let r = s.get(&stack.vault("/admin/x")).await?;
@@ -492,4 +520,20 @@ async fn browser_login_memory() -> Result<()> {
 async fn browser_login_redis() -> Result<()> {
     let _g = SERIAL.lock().await;
     browser_login(redis("browser_redis")).await
+}
+
+// ---- 7. an issuer without a trailing slash (Azure, Okta, Keycloak publish it so) ----------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issuer_without_trailing_slash_signs_in() -> Result<()> {
+    let _g = SERIAL.lock().await;
+    let mut o = memory("issuer_no_slash");
+    o.issuer_slash = false;
+    let stack = Stack::start(o).await?;
+    ensure!(!stack.idp.issuer.ends_with('/'));
+    let mut s = Session::new()?;
+    let r = login(&stack, &mut s, &stack.verify("/"), "alice").await?;
+    let claims = verified_claims(&r).with_context(|| format!("trace: {:#?}", s.trace))?;
+    ensure!(claims["sub"] == "alice", "{claims}");
+    Ok(())
 }

@@ -45,7 +45,8 @@ async fn main() -> Result<()> {
         User::new("bob", &["staff"]),
     ];
     let callback = format!("http://127.0.0.1:{ENVOY_PORT}/oauth2/callback");
-    let idp = Idp::start(&dir, IDP_PORT, &callback, &users)
+    // The demo config names the issuer `http://127.0.0.1:8900/` (with the slash).
+    let idp = Idp::start(&dir, IDP_PORT, &callback, &users, true)
         .await
         .context("starting the OIDC provider (tests/idp)")?;
     let _redis = if redis {
