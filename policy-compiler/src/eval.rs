@@ -573,23 +573,23 @@ impl OpKind {
     }
 }
 
-/// The final step shared by the engine and the oracle: sign-in if any `user-unauthenticated`,
-/// then deny, then allow, else 403.
+/// The final step: an invalid client certificate is refused first; then sign-in if any
+/// `user-unauthenticated`; then deny; then allow; else 403.
 pub fn decide(allow: Outcome, deny: Outcome) -> Decision {
-    if allow
+    // Pomerium (`authorize/check_response.go`) refuses a bad client certificate before it
+    // considers sign-in: no redirect to authenticate for such a client.
+    if deny.reasons.has(Reason::InvalidClientCertificate)
+        || deny.reasons.has(Reason::ClientCertificateRequired)
+    {
+        Decision::Deny(DenyReason::InvalidClientCertificate)
+    } else if allow
         .reasons
         .union(deny.reasons)
         .has(Reason::UserUnauthenticated)
     {
         Decision::Login
     } else if deny.pass {
-        if deny.reasons.has(Reason::InvalidClientCertificate)
-            || deny.reasons.has(Reason::ClientCertificateRequired)
-        {
-            Decision::Deny(DenyReason::InvalidClientCertificate)
-        } else {
-            Decision::Deny(DenyReason::PolicyDenied)
-        }
+        Decision::Deny(DenyReason::PolicyDenied)
     } else if allow.pass {
         Decision::Allow
     } else {

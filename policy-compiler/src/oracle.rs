@@ -100,18 +100,17 @@ pub fn results(p: &RoutePolicy, req: &Request<'_>, s: Option<&Subject>) -> (Res,
 /// The decision, by Pomerium's final step.
 pub fn evaluate(p: &RoutePolicy, req: &Request<'_>, s: Option<&Subject>) -> Decision {
     let (allow, deny) = results(p, req, s);
-    if allow.reasons.contains("user-unauthenticated")
+    // authorize/check_response.go: invalid client certificates first, then sign-in.
+    if deny.reasons.contains("invalid-client-certificate")
+        || deny.reasons.contains("client-certificate-required")
+    {
+        Decision::Deny(DenyReason::InvalidClientCertificate)
+    } else if allow.reasons.contains("user-unauthenticated")
         || deny.reasons.contains("user-unauthenticated")
     {
         Decision::Login
     } else if deny.ok {
-        if deny.reasons.contains("invalid-client-certificate")
-            || deny.reasons.contains("client-certificate-required")
-        {
-            Decision::Deny(DenyReason::InvalidClientCertificate)
-        } else {
-            Decision::Deny(DenyReason::PolicyDenied)
-        }
+        Decision::Deny(DenyReason::PolicyDenied)
     } else if allow.ok {
         Decision::Allow
     } else {

@@ -587,6 +587,13 @@ fn client_certificate_fingerprint_and_invalid_certificates() {
         public.req(&with(ClientCertificate::Invalid), None),
         Decision::Deny(DenyReason::InvalidClientCertificate)
     );
+    // ... and before sign-in is considered (no redirect for a bad certificate).
+    let private = t("allow_any_authenticated_user: true");
+    assert_eq!(
+        private.req(&with(ClientCertificate::Invalid), None),
+        Decision::Deny(DenyReason::InvalidClientCertificate)
+    );
+    assert_eq!(private.req(&with(ClientCertificate::None), None), LOGIN);
 }
 
 #[test]
