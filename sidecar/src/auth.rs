@@ -625,6 +625,16 @@ async fn sign_in(State(state): State<AppState>, headers: HeaderMap, uri: Uri) ->
 
 async fn sign_in_inner(state: &AppState, headers: &HeaderMap, uri: &Uri) -> LoginResult {
     let login = login_state(state)?;
+    // `/.pomerium/*` reaches us on route hosts too: a login must run on the authenticate
+    // host (its CSRF cookie and session live there), so move it there unchanged.
+    if let Some(host) = request_host(headers, uri)
+        && login.authenticate.is_some()
+        && !login.is_authenticate_host(&host)
+    {
+        let mut target = login.authenticate_url(SIGN_IN_PATH)?;
+        target.set_query(uri.query());
+        return Ok(redirect(target.as_str()));
+    }
     let q = query(uri);
     let raw = q.get(PARAM_REDIRECT_URI).ok_or(LoginError::BadRequest(
         "The sign-in link has no return address.",

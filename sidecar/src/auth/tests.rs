@@ -318,6 +318,12 @@ async fn sign_in_rejects_forged_and_foreign_return_urls() {
         assert!(r.body.contains("<!DOCTYPE html>"));
         assert!(r.location().is_empty());
     }
+    // On a route host, the same link is moved to the authenticate host unchanged.
+    let link = signed(&format!("{APP}/a"));
+    let on_route = link.replace(AUTH, APP);
+    let r = call(&app, "GET", &on_route, None, None).await;
+    assert_eq!(r.status, StatusCode::FOUND);
+    assert_eq!(r.location(), link);
     // Missing parameters.
     call(
         &app,
