@@ -905,11 +905,14 @@ impl Engine {
                     j += 1;
                     if let Some(r) = self.routes.get(y as usize) {
                         let h = &*r.host;
-                        let (wb, _) = split_port(h);
-                        let ok = if h.contains(':') && !h.ends_with(']') {
-                            wildcard_matches(h, host)
-                        } else {
-                            wildcard_matches(wb, bare)
+                        let ok = match split_port(h) {
+                            // A pattern with a port matches that exact port.
+                            (_, Some(_)) => wildcard_matches(h, host),
+                            // Without one: no port or the scheme's default, as exact hosts.
+                            (wb, None) => {
+                                matches!(port, None | Some("443") | Some("80"))
+                                    && wildcard_matches(wb, bare)
+                            }
                         };
                         if !ok {
                             continue;

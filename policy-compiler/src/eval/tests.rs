@@ -160,6 +160,9 @@ fn route_lookup_merges_wildcards_in_definition_order() {
     assert_eq!(id("app.example.com", "//admin").as_deref(), Some("admin"));
     assert_eq!(id("app.example.com", "/other").as_deref(), Some("wild"));
     assert_eq!(id("x.y.example.com", "/").as_deref(), Some("wild"));
+    assert_eq!(id("x.example.com:443", "/").as_deref(), Some("wild"));
+    assert_eq!(id("x.example.com:8443", "/"), None);
+    assert_eq!(id("app.example.com:8443", "/admin"), None);
     assert_eq!(id("example.com", "/"), None);
     assert_eq!(id("other.org", "/"), None);
 }
