@@ -102,13 +102,19 @@ async fn main() -> Result<()> {
          Change a user at the IdP, e.g. remove alice from admins:\n\
          \x20 curl -X DELETE {}/admin/users/alice/groups/admins\n\
          (policy follows after the next user-info refresh).\n\nCtrl-C stops everything.",
-        idp.issuer, sidecar.port, upstream.addr, idp.issuer
+        idp.issuer,
+        sidecar.port,
+        upstream.addr,
+        idp.issuer.trim_end_matches('/')
     );
     let mut procs = vec![idp.proc, sidecar.proc, envoy.proc];
     let mut tick = tokio::time::interval(Duration::from_millis(500));
+    // Ctrl-C (SIGINT) or SIGTERM: drop every child (each is killed on drop).
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
+            _ = term.recv() => break,
             _ = tick.tick() => {
                 for p in &mut procs {
                     if let Err(e) = p.check_alive() {
