@@ -266,18 +266,26 @@ impl<P: Policy> Worker<P> {
             decision::refuse(host, 404, reason::INTERNAL_PATH, req.request_id, req.accept);
             return Flow::Responded;
         }
-        // The sidecar's own endpoints (login callback, sign-out, JWKS, user info) pass.
-        if req.path.starts_with("/.pomerium/")
-            || host_of(req.authority).eq_ignore_ascii_case(&active.auth_host)
-        {
-            return Flow::Continue;
-        }
+        // The sidecar's own endpoints (login callback, sign-out, JWKS, user info) pass,
+        // untouched but for the stripped headers. With Envoy's route name (envoy-config
+        // names every sidecar route so) that decides; without one (hand-written or Istio
+        // config) the well-known paths and the authenticate host do.
         let engine = &active.engine;
         let route_name = host.route_name();
         let route = match route_name.as_deref() {
             Some(name) if name == self.cfg.sidecar_route_name => return Flow::Continue,
             Some(name) => engine.route_by_id(name),
-            None => engine.find_route(req.authority, req.path),
+            None => {
+                if req.path.starts_with("/.pomerium/")
+                    || req.path == "/.pomerium"
+                    || req.path.starts_with("/.well-known/pomerium/")
+                    || (!active.auth_host.is_empty()
+                        && host_of(req.authority).eq_ignore_ascii_case(&active.auth_host))
+                {
+                    return Flow::Continue;
+                }
+                engine.find_route(req.authority, req.path)
+            }
         };
         let Some(route) = route else {
             let status = if route_name.is_some() { 403 } else { 404 };

@@ -533,11 +533,19 @@ fn internal_api_paths_are_refused_and_sidecar_routes_pass() -> Result<()> {
         vm.stream(id)?.local_response.as_ref().map(|r| r.status),
         Some(404)
     );
-    let (_, action) = vm.request(
-        &get("app.example.com", "/.pomerium/sign_out", &[]),
+    // Without a route name (hand-written config), the sidecar's well-known paths pass...
+    let (_, action) = vm.request(&get("app.example.com", "/.pomerium/sign_out", &[]), &[])?;
+    assert_eq!(action, Action::Continue);
+    // ...but when Envoy routed it to an app route, the route's policy applies (Pomerium's
+    // implicit rule allows most `/.pomerium/` paths, not `/.pomerium/jwt` without a user).
+    let (id, _) = vm.request(
+        &get("app.example.com", "/.pomerium/jwt", &[]),
         &[("xds.route_name", "app")],
     )?;
-    assert_eq!(action, Action::Continue);
+    assert_eq!(
+        vm.stream(id)?.local_response.as_ref().map(|r| r.status),
+        Some(302)
+    );
     let (id, action) = vm.request(
         &get(
             "authenticate.example.com",
