@@ -1206,12 +1206,11 @@ impl<'e, 'r> Cx<'e, 'r> {
                     Reason::ClaimUnauthorized,
                 )
             }
-            Node::Groups(conds) => self.session_rule(
-                // No directory: the user's directory groups are always the empty list.
-                conds.iter().all(|c| c.matches(&[])),
-                Reason::GroupsOk,
-                Reason::GroupsUnauthorized,
-            ),
+            // Pomerium reads a directory record that Portcullis never has: its lookup yields
+            // no value, so the body fails whatever the matcher (even `exclude`).
+            Node::Groups(_) => {
+                self.session_rule(false, Reason::GroupsOk, Reason::GroupsUnauthorized)
+            }
             // Signed out: Pomerium's email is "" and its domain is undefined (no `@`).
             Node::Domain(c) => self.session_rule(
                 all(c, subj.and_then(Subject::domain)),

@@ -514,8 +514,8 @@ fn criterion(
         "groups" => {
             cx.warn(
                 span,
-                "`groups` uses directory data, which Portcullis does not have: it always sees no \
-                 groups; use `claim/groups` for the identity provider's groups claim",
+                "`groups` uses directory data, which Portcullis does not have: it never matches; \
+                 use `claim/groups` for the identity provider's groups claim",
             );
             CriterionKind::Groups(list_matcher(cx, &label, data)?)
         }

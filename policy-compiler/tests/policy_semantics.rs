@@ -527,6 +527,10 @@ fn groups_criterion_has_no_directory() {
         NOT_ALLOWED
     );
     assert_eq!(t.get("/", None), LOGIN);
+    // Even `exclude` fails: there is no directory record to read.
+    let t = p("allow:\n  or:\n    - groups:\n        exclude: admins");
+    assert_eq!(t.get("/", Some(&alice())), NOT_ALLOWED);
+    assert_eq!(t.get("/", None), LOGIN);
 }
 
 #[test]
