@@ -117,6 +117,9 @@ struct Pending {
     token: u32,
     started_ms: u64,
     waiters: Vec<u32>,
+    /// The stream that made the call; `None` once it went away (Envoy may cancel a call
+    /// with its stream), so the next tick asks again from the root context.
+    owner: Option<u32>,
 }
 
 #[derive(Default)]
@@ -462,6 +465,7 @@ impl<P: Policy> Worker<P> {
                     token,
                     started_ms: now_ms,
                     waiters: vec![context_id],
+                    owner: Some(context_id),
                 });
                 Lookup::Paused
             }
@@ -573,6 +577,47 @@ impl<P: Policy> Worker<P> {
     pub fn forget_context(&mut self, context_id: u32) {
         for p in &mut self.pending {
             p.waiters.retain(|w| *w != context_id);
+            if p.owner == Some(context_id) {
+                p.owner = None;
+            }
+        }
+        // Nobody waits: drop the lookup (a late answer is ignored, as its token is gone).
+        let calls = &mut self.calls;
+        self.pending.retain(|p| {
+            let keep = !p.waiters.is_empty();
+            if !keep {
+                calls.remove(&p.token);
+            }
+            keep
+        });
+    }
+
+    /// Lookups whose stream went away while others still wait: ask again, from the root
+    /// context (which lives as long as the worker).
+    fn adopt_orphans(&mut self, host: &mut dyn Host, now_ms: u64) {
+        let orphans: Vec<(Key, Box<str>, u32)> = self
+            .pending
+            .iter()
+            .filter(|p| p.owner.is_none())
+            .map(|p| (p.key, p.aud.clone(), p.token))
+            .collect();
+        for (key, aud, old) in orphans {
+            self.calls.remove(&old);
+            let token = self.start_session_call(host, key.0, &aud, now_ms);
+            match token {
+                Some(token) => {
+                    if let Some(p) = self
+                        .pending
+                        .iter_mut()
+                        .find(|p| p.key == key && p.aud == aud)
+                    {
+                        p.token = token;
+                        p.owner = Some(0);
+                        p.started_ms = now_ms;
+                    }
+                }
+                None => self.finish_pending(host, key, &aud, Outcome::Failed),
+            }
         }
     }
 
@@ -868,6 +913,7 @@ impl<P: Policy> Worker<P> {
             }
         }
         self.poll_changes(host, now_ms);
+        self.adopt_orphans(host, now_ms);
         self.expire_pending(host, now_ms);
         if now_ms.saturating_sub(self.last_purge_ms) > 10_000 {
             self.last_purge_ms = now_ms;

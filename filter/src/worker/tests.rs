@@ -1103,3 +1103,74 @@ fn a_cache_hit_allocates_only_the_rewritten_cookie_header() {
     // Cookie rewrite, JWT, claim header, stripped spoof — all host calls, no copies.
     assert!(q.set >= 3);
 }
+
+#[test]
+fn when_the_calling_stream_goes_away_the_root_asks_again_for_the_others() {
+    let mut w = worker("");
+    let mut h = fake_host();
+    let c = cookie_for(SID);
+    run(
+        &mut w,
+        &mut h,
+        1,
+        request("app.example.com", &[("cookie", &c)]),
+    );
+    run(
+        &mut w,
+        &mut h,
+        2,
+        request("app.example.com", &[("cookie", &c)]),
+    );
+    let first = h.dispatched[0].0;
+    w.forget_context(1);
+    h.streams.remove(&1);
+    w.on_tick(&mut h);
+    let again = h
+        .dispatched
+        .iter()
+        .rev()
+        .find(|d| {
+            d.2.iter()
+                .any(|(k, v)| k == ":path" && v.starts_with("/.portcullis/v1/session"))
+        })
+        .unwrap()
+        .0;
+    assert_ne!(again, first);
+    // A late answer to the abandoned call is ignored; the new one resumes stream 2.
+    answer(
+        &mut w,
+        &mut h,
+        first,
+        200,
+        session_answer("ann@corp.example", true),
+    );
+    assert!(h.resumed.is_empty());
+    answer(
+        &mut w,
+        &mut h,
+        again,
+        200,
+        session_answer("ann@corp.example", true),
+    );
+    assert_eq!(h.resumed, vec![2]);
+}
+
+#[test]
+fn a_lookup_nobody_waits_for_is_dropped() {
+    let mut w = worker("");
+    let mut h = fake_host();
+    run(
+        &mut w,
+        &mut h,
+        1,
+        request("app.example.com", &[("cookie", &cookie_for(SID))]),
+    );
+    w.forget_context(1);
+    assert!(w.pending.is_empty());
+    let n = h.dispatched.len();
+    w.on_tick(&mut h);
+    assert!(h.dispatched[n..].iter().all(|d| {
+        !d.2.iter()
+            .any(|(_, v)| v.starts_with("/.portcullis/v1/session"))
+    }));
+}
