@@ -122,3 +122,19 @@ fn example_configs_validate() {
         validate(name, &to_yaml(&bootstrap::render(&d)).unwrap());
     }
 }
+
+/// The hand-written example in docs/envoy.md loads, with the real filter accepting it.
+#[test]
+fn docs_hand_written_example_validates() {
+    let doc = std::fs::read_to_string(root().join("docs/envoy.md")).unwrap();
+    let start = doc.find("A minimal example").expect("example section");
+    let rest = &doc[start..];
+    let block_start = rest.find("```yaml\n").unwrap() + "```yaml\n".len();
+    let block = &rest[block_start..];
+    let yaml = &block[..block.find("```").unwrap()];
+    let yaml = yaml
+        .replace("/path/to/filter.wasm", &wasm())
+        .replace("<shared_secret from config.yaml>", sample::SHARED_SECRET)
+        .replace("<cookie_secret from config.yaml>", sample::COOKIE_SECRET);
+    validate("docs-envoy", &yaml);
+}
