@@ -1175,22 +1175,14 @@ impl<'e, 'r> Cx<'e, 'r> {
             None => false,
         };
         match &n.node {
-            Node::Op(op, children) => {
-                // Every child is evaluated: the reasons of all of them matter.
-                let mut acc = Vec::new();
-                let mut outs = [Outcome::default(); 16];
-                if children.len() <= outs.len() {
-                    for (slot, c) in outs.iter_mut().zip(children.iter()) {
-                        *slot = self.eval_at(c, lines.as_deref_mut(), depth + 1);
-                    }
-                    merge(*op, outs.iter().take(children.len()).copied())
-                } else {
-                    for c in children.iter() {
-                        acc.push(self.eval_at(c, lines.as_deref_mut(), depth + 1));
-                    }
-                    merge(*op, acc.into_iter())
-                }
-            }
+            // Every child is evaluated (no short-circuit): the reasons of all of them
+            // matter. Streamed into the merge, so any number of children costs no allocation.
+            Node::Op(op, children) => merge(
+                *op,
+                children
+                    .iter()
+                    .map(|c| self.eval_at(c, lines.as_deref_mut(), depth + 1)),
+            ),
             Node::Accept => Outcome::new(true, Reason::Accept),
             Node::Reject => Outcome::new(false, Reason::Reject),
             Node::AuthenticatedUser => self.session_rule(

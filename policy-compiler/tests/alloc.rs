@@ -130,3 +130,22 @@ fn http_path_rules_allocate_only_for_encoded_paths() {
     assert_eq!(d, Decision::Allow);
     assert!(n >= 1);
 }
+
+#[test]
+fn long_legacy_rules_allocate_nothing() {
+    let users: Vec<String> = (0..40).map(|i| format!("user{i}@example.com")).collect();
+    let yaml = format!(
+        "routes:\n  - from: https://a.example.com\n    to: http://up\n    allowed_users: [{}]\n",
+        users.join(", ")
+    );
+    let loaded = policy_compiler::config::load_str("a.yaml", &yaml, &|_| None).unwrap();
+    let e = Engine::from_bytes(&compile::compile(&loaded.config).unwrap().to_bytes()).unwrap();
+    let r = e.find_route("a.example.com", "/").unwrap();
+    let last = subject("user39@example.com", &[]);
+    let other = subject("eve@example.com", &[]);
+    let req = Request::new("GET", "/", 0);
+    let (d, n) = count(|| e.evaluate(r, &req, Some(&last)));
+    assert_eq!((d, n), (Decision::Allow, 0));
+    let (d, n) = count(|| e.evaluate(r, &req, Some(&other)));
+    assert_eq!((d, n), (Decision::Deny(DenyReason::NotAllowed), 0));
+}
