@@ -70,6 +70,15 @@ struct BootstrapArgs {
     /// Filter `tick_period_ms`.
     #[arg(long)]
     tick_period_ms: Option<u64>,
+    /// Output format (`yaml`, or `json` for tools; Envoy reads both).
+    #[arg(long, value_enum, default_value_t = Format::Yaml)]
+    format: Format,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Format {
+    Yaml,
+    Json,
 }
 
 #[derive(clap::Args)]
@@ -224,7 +233,11 @@ fn run_bootstrap(a: BootstrapArgs) -> Result<()> {
         tick_period_ms: a.tick_period_ms,
     };
     let d = from_config::deployment(&config, &ids, &opts)?;
-    let yaml = to_yaml(&bootstrap::render(&d))?;
+    let rendered = bootstrap::render(&d);
+    let yaml = match a.format {
+        Format::Yaml => to_yaml(&rendered)?,
+        Format::Json => serde_json::to_string_pretty(&rendered)? + "\n",
+    };
     if a.output == "-" {
         std::io::stdout().write_all(yaml.as_bytes())?;
     } else {

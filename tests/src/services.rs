@@ -234,12 +234,15 @@ pub struct Envoy {
 impl Envoy {
     /// Generate the bootstrap for `config` with the real `envoy-config` CLI and start Envoy.
     /// `extra_addresses`: more `ip:port` for the listener; `sidecars`: replica ports.
+    /// `hand_written`: remove the app routes' names, as in a hand-written config, so the
+    /// filter must match routes itself (its fallback).
     pub async fn start(
         dir: &Path,
         config: &Path,
         extra_addresses: &[String],
         sidecars: &[u16],
         extra_args: &[&str],
+        hand_written: bool,
     ) -> Result<Envoy> {
         let admin_port = free_port()?;
         let bootstrap = dir.join("envoy.yaml");
@@ -263,6 +266,9 @@ impl Envoy {
                 .arg("--sidecar-endpoint")
                 .arg(format!("127.0.0.1:{p}"));
         }
+        if hand_written {
+            generate.args(["--format", "json"]);
+        }
         let out = generate.output().context("running envoy-config")?;
         if !out.status.success() {
             bail!(
@@ -270,6 +276,9 @@ impl Envoy {
                 String::from_utf8_lossy(&out.stdout),
                 String::from_utf8_lossy(&out.stderr)
             );
+        }
+        if hand_written {
+            strip_route_names(&bootstrap)?;
         }
         let mut cmd = Command::new(env::envoy()?);
         cmd.arg("-c")
@@ -323,4 +332,28 @@ impl Envoy {
         })
         .await
     }
+}
+
+/// Drop the `name` of every route that is not a sidecar route (a hand-written config has
+/// no bundle route ids).
+fn strip_route_names(bootstrap: &Path) -> Result<()> {
+    fn walk(v: &mut Value) {
+        match v {
+            Value::Object(m) => {
+                if m.contains_key("match")
+                    && m.contains_key("route")
+                    && m.get("name").and_then(Value::as_str) != Some("portcullis-sidecar")
+                {
+                    m.remove("name");
+                }
+                m.values_mut().for_each(walk);
+            }
+            Value::Array(a) => a.iter_mut().for_each(walk),
+            _ => {}
+        }
+    }
+    let mut v: Value = serde_json::from_str(&std::fs::read_to_string(bootstrap)?)?;
+    walk(&mut v);
+    std::fs::write(bootstrap, serde_json::to_string_pretty(&v)?)?;
+    Ok(())
 }

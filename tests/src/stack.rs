@@ -53,6 +53,8 @@ pub struct Options {
     pub users: Vec<User>,
     /// Group the `/admin` route requires.
     pub admin_group: String,
+    /// Envoy config without bundle route names (the filter matches routes itself).
+    pub hand_written: bool,
     /// IdP issuer with a trailing slash (`http://127.0.0.1:<port>/`); see [`Idp::start`].
     pub issuer_slash: bool,
 }
@@ -72,6 +74,7 @@ impl Options {
             ],
             admin_group: "admins".to_owned(),
             issuer_slash: true,
+            hand_written: false,
         }
     }
 }
@@ -259,7 +262,15 @@ impl Stack {
             sidecars.push(Sidecar::start(&format!("sidecar-{i}"), &dir, &config, *p).await?);
         }
         let extra: Vec<String> = (2..=4).map(|i| format!("127.0.0.{i}:{port}")).collect();
-        let envoy = Envoy::start(&dir, &config, &extra, &sidecar_ports, &[]).await?;
+        let envoy = Envoy::start(
+            &dir,
+            &config,
+            &extra,
+            &sidecar_ports,
+            &[],
+            options.hand_written,
+        )
+        .await?;
         let stack = Stack {
             dir,
             port,

@@ -537,3 +537,30 @@ async fn issuer_without_trailing_slash_signs_in() -> Result<()> {
     ensure!(claims["sub"] == "alice", "{claims}");
     Ok(())
 }
+
+// ---- 8. a hand-written Envoy config: the filter matches routes itself ---------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hand_written_envoy_config_filter_matches_routes() -> Result<()> {
+    let _g = SERIAL.lock().await;
+    let mut o = memory("hand_written");
+    o.hand_written = true;
+    let stack = Stack::start(o).await?;
+    let mut alice = Session::new()?;
+    let r = login(&stack, &mut alice, &stack.vault("/admin/a"), "alice").await?;
+    ensure!(groups(&verified_claims(&r)?).contains(&"admins".to_owned()));
+    let mut bob = Session::new()?;
+    let r = login(&stack, &mut bob, &stack.vault("/admin/b"), "bob").await?;
+    ensure!(r.status == 403, "bob on /admin: {} {}", r.status, r.body);
+    // Same host, outside the /admin prefix: the next route (domain only) allows bob.
+    verified_claims(&bob.get(&stack.vault("/other")).await?)?;
+    // Envoy's normalisation applies before the filter's own match: no prefix bypass.
+    let r = bob.get(&stack.vault("//admin/b")).await?;
+    ensure!(
+        r.status == 403,
+        "merged-slash /admin bypass: {} {}",
+        r.status,
+        r.body
+    );
+    Ok(())
+}

@@ -82,7 +82,7 @@ async fn main() -> Result<()> {
     let extra: Vec<String> = (2..=4)
         .map(|i| format!("127.0.0.{i}:{ENVOY_PORT}"))
         .collect();
-    let envoy = Envoy::start(&dir, &config, &extra, &[SIDECAR_PORT], &[])
+    let envoy = Envoy::start(&dir, &config, &extra, &[SIDECAR_PORT], &[], false)
         .await
         .context("starting Envoy")?;
     wait_http(
