@@ -23,7 +23,8 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(loaded) = policy_compiler::config::load_str("fuzz.yaml", &yaml, &|_| None)
         && let Ok(bundle) = policy_compiler::compile::compile(&loaded.config)
     {
-        let engine = policy_compiler::eval::Engine::from_bytes(&bundle.to_bytes()).expect("compiled bundles load");
+        let engine = policy_compiler::eval::Engine::from_bytes(&bundle.to_bytes())
+            .expect("compiled bundles load");
         let req = policy_compiler::eval::Request::new("GET", "/", 1_700_000_000);
         if let Some(r) = engine.find_route("a.example.com", "/") {
             let _ = engine.evaluate(r, &req, None);
@@ -43,7 +44,11 @@ fn serde_json_like(v: &policy_compiler::value::Value) -> String {
         Value::String(s) => format!("{s:?}").replace("\\'", "'"),
         Value::Seq(items) => format!(
             "[{}]",
-            items.iter().map(|i| serde_json_like(&i.value)).collect::<Vec<_>>().join(", ")
+            items
+                .iter()
+                .map(|i| serde_json_like(&i.value))
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
         Value::Map(m) => format!(
             "{{{}}}",
