@@ -73,7 +73,7 @@ async fn binary_serves_reloads_and_reports() {
     let cfg = dir.0.join("config.yaml");
     let (main, metrics) = (port(), port());
     std::fs::write(&cfg, with_addresses(config_yaml("admins"), main, metrics)).unwrap();
-    let _sidecar = start(&cfg);
+    let sidecar = start(&cfg);
     wait_ok(&format!("http://127.0.0.1:{main}/healthz")).await;
     wait_ok(&format!("http://127.0.0.1:{main}/readyz")).await;
     let client = reqwest::Client::new();
@@ -118,6 +118,48 @@ async fn binary_serves_reloads_and_reports() {
         v2 = bundle_version(&client, main).await;
     }
     assert_ne!(v2, v1, "config change not picked up");
+
+    // SIGHUP reloads even when the file's mtime did not move.
+    let mtime = std::fs::metadata(&cfg).unwrap().modified().unwrap();
+    let since_epoch = mtime.duration_since(std::time::UNIX_EPOCH).unwrap();
+    let stamp = format!(
+        "@{}.{:09}",
+        since_epoch.as_secs(),
+        since_epoch.subsec_nanos()
+    );
+    // New content with the old mtime, swapped in atomically (the poller never sees a
+    // moved mtime).
+    let tmp = dir.0.join("config.yaml.new");
+    std::fs::write(&tmp, with_addresses(config_yaml("auditors"), main, metrics)).unwrap();
+    let touched = Command::new("touch")
+        .arg("-d")
+        .arg(&stamp)
+        .arg(&tmp)
+        .status()
+        .unwrap();
+    assert!(touched.success());
+    std::fs::rename(&tmp, &cfg).unwrap();
+    assert_eq!(std::fs::metadata(&cfg).unwrap().modified().unwrap(), mtime);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        bundle_version(&client, main).await,
+        v2,
+        "reloaded without a reason"
+    );
+    let hup = Command::new("kill")
+        .arg("-HUP")
+        .arg(sidecar.0.id().to_string())
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut v3 = v2.clone();
+    while v3 == v2 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        v3 = bundle_version(&client, main).await;
+    }
+    assert_ne!(v3, v2, "SIGHUP did not reload the policy");
+    let v2 = v3;
 
     // A broken edit keeps the running policy (and the process).
     std::fs::write(&cfg, "routes: [").unwrap();
