@@ -195,6 +195,8 @@ pub struct Options {
     /// Redis URL, or memory.
     pub redis: Option<String>,
     pub cookie_domain: Option<String>,
+    /// Sidecar replicas behind one round-robin listener (needs `redis`).
+    pub replicas: usize,
 }
 
 impl Default for Options {
@@ -204,6 +206,7 @@ impl Default for Options {
             user_info_interval: Duration::from_secs(3600),
             redis: None,
             cookie_domain: None,
+            replicas: 1,
         }
     }
 }
@@ -211,7 +214,11 @@ impl Default for Options {
 /// A running deployment: IdP + sidecar.
 pub struct Deployment {
     pub idp: Idp,
+    /// The first replica.
     pub state: AppState,
+    /// Every replica (one unless `Options::replicas`).
+    pub replicas: Vec<AppState>,
+    hits: Vec<Arc<std::sync::atomic::AtomicUsize>>,
     pub addr: SocketAddr,
     pub port: u16,
     _server: tokio::task::JoinHandle<()>,
@@ -277,31 +284,78 @@ impl Deployment {
                 key_prefix: format!("login-test-{port}"),
             };
         }
-        let store = sidecar::databroker::open(&s.storage)
-            .await
-            .expect("open store");
-        let setup = sidecar::auth::setup(&s).await.expect("login setup");
-        let state = AppState::new(AppParts {
-            settings: s,
-            store,
-            idps: setup.idps,
-            signer: setup.signer,
-            bundle: BundleHolder::new(Bundle::new(Vec::new())),
-            login: Some(setup.login),
-        });
-        let tasks = sidecar::spawn_background(&state, BundleSource::Fixed);
-        let router = sidecar::router(state.clone());
+        assert!(
+            opts.replicas <= 1 || opts.redis.is_some(),
+            "replicas share state only through Redis"
+        );
+        if opts.replicas > 1 {
+            // Replicas must share the identity JWT key (JWKS); generate one for all.
+            use p256::pkcs8::EncodePrivateKey as _;
+            let mut bytes = [0u8; 32];
+            getrandom::fill(&mut bytes).unwrap();
+            let key = p256::SecretKey::from_slice(&bytes).unwrap();
+            let pem = key.to_pkcs8_pem(p256::pkcs8::LineEnding::LF).unwrap();
+            s.signing_key = Some(sidecar::idp::SecretString::new(pem.to_string()));
+        }
+        let mut states = Vec::new();
+        let mut tasks = Vec::new();
+        for _ in 0..opts.replicas.max(1) {
+            let store = sidecar::databroker::open(&s.storage)
+                .await
+                .expect("open store");
+            let setup = sidecar::auth::setup(&s).await.expect("login setup");
+            let state = AppState::new(AppParts {
+                settings: s.clone(),
+                store,
+                idps: setup.idps,
+                signer: setup.signer,
+                bundle: BundleHolder::new(Bundle::new(Vec::new())),
+                login: Some(setup.login),
+            });
+            tasks.extend(sidecar::spawn_background(&state, BundleSource::Fixed));
+            states.push(state);
+        }
+        // One listener in front of every replica, alternating per request (a round-robin
+        // load balancer): with 2 replicas every hop of a login changes replica.
+        let routers: Vec<axum::Router> = states
+            .iter()
+            .map(|st| sidecar::router(st.clone()))
+            .collect();
+        let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let hits: Vec<Arc<std::sync::atomic::AtomicUsize>> = routers
+            .iter()
+            .map(|_| Arc::new(std::sync::atomic::AtomicUsize::new(0)))
+            .collect();
+        let lb_hits = hits.clone();
+        let lb = axum::Router::new().fallback_service(tower::service_fn(
+            move |req: axum::extract::Request| {
+                use tower::ServiceExt as _;
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % routers.len();
+                lb_hits[i].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                routers[i].clone().oneshot(req)
+            },
+        ));
         let server = tokio::spawn(async move {
-            let _ = axum::serve(listener, router).await;
+            let _ = axum::serve(listener, lb).await;
         });
         Deployment {
             idp,
-            state,
+            state: states[0].clone(),
+            replicas: states,
+            hits,
             addr,
             port,
             _server: server,
             _tasks: tasks,
         }
+    }
+
+    /// Requests each replica served so far.
+    pub fn replica_hits(&self) -> Vec<usize> {
+        self.hits
+            .iter()
+            .map(|h| h.load(std::sync::atomic::Ordering::Relaxed))
+            .collect()
     }
 
     pub fn auth_url(&self) -> String {
