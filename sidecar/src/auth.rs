@@ -153,6 +153,16 @@ pub async fn setup(settings: &Settings) -> Result<Setup, StartupError> {
         .as_ref()
         .and_then(urls::url_authority)
         .unwrap_or_default();
+    if settings.signing_key.is_none()
+        && matches!(
+            settings.storage,
+            crate::settings::StorageSettings::Redis { .. }
+        )
+    {
+        tracing::warn!(
+            "no signing_key: each sidecar replica generates its own identity JWT key, so the JWKS differs between replicas; set signing_key when running several"
+        );
+    }
     let signer = JwtSigner::new(
         settings.signing_key.as_ref().map(|k| k.expose()),
         authenticate_host.clone(),
