@@ -1,5 +1,6 @@
 //! `config::load_str` (and the value parser under it) never panics, whatever the input:
 //! arbitrary text, and YAML-shaped text built from config-ish fragments.
+#![cfg(feature = "frontend")]
 
 use policy_compiler::config::load_str;
 use policy_compiler::value::parse;
