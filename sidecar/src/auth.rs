@@ -799,7 +799,7 @@ async fn callback_inner(state: &AppState, headers: &HeaderMap, uri: &Uri) -> Log
     let login = login_state(state)?;
     let q = query(uri);
     if let Some(error) = q.get("error") {
-        tracing::info!(idp_error = %error, "the identity provider returned an error to the callback");
+        tracing::info!(idp_error = ?error, "the identity provider returned an error to the callback");
         return Err(LoginError::Forbidden(error.clone()));
     }
     let raw_state = q
@@ -1047,12 +1047,11 @@ async fn sign_out(
         // Nothing to end: just drop whatever cookie is there.
         return Ok(with_cookies(redirect(&signed_out_target(login)?), &[clear]));
     };
-    let Some(token) = token.filter(|t| login.flow.check_sign_out_token(&session.id, t)) else {
+    if !token.is_some_and(|t| login.flow.check_sign_out_token(&session.id, &t)) {
         return Err(LoginError::BadRequest(
             "The sign-out request is missing its security token. Use the sign-out button on the user info page.",
         ));
-    };
-    let _ = token;
+    }
     state.sessions.delete(&session.id).await?;
     state.metrics.sign_outs.inc();
     tracing::info!(session = %short(&session.id), user = %session.user_id, "signed out");
