@@ -129,6 +129,7 @@ struct Stream {
     next_at_ms: u64,
     failures: u32,
     last_sync_ms: u64,
+    started_ms: u64,
 }
 
 #[derive(Default)]
@@ -791,10 +792,23 @@ impl<P: Policy> Worker<P> {
             };
             self.evict(host, sid, now_ms);
         }
+        let news = resp.reset
+            || !resp.changed.is_empty()
+            || !resp.deleted.is_empty()
+            || (!resp.bundle_version.is_empty()
+                && self.bundle_version() != Some(resp.bundle_version.as_str()));
+        // Poll again at once after news or a full long poll. An empty answer that came
+        // back early (a cursor of 0, a sidecar that does not hold polls) waits for the
+        // next tick, so a misbehaving sidecar is never hammered in a loop.
+        let early = now_ms.saturating_sub(self.stream.started_ms) < self.cfg.long_poll_ms / 2;
+        self.stream.next_at_ms = if news || !early {
+            now_ms
+        } else {
+            now_ms + self.cfg.tick_ms
+        };
         self.stream.cursor = Some(resp.version);
         self.stream.last_sync_ms = now_ms;
         self.stream.failures = 0;
-        self.stream.next_at_ms = now_ms;
         if !resp.bundle_version.is_empty() {
             self.maybe_fetch_bundle(host, &resp.bundle_version, now_ms);
         }
@@ -943,6 +957,7 @@ impl<P: Policy> Worker<P> {
         match self.call_sidecar(host, &path, wait + self.cfg.session_timeout_ms + 3_000) {
             Some(token) => {
                 self.stream.in_flight = Some(token);
+                self.stream.started_ms = now_ms;
                 self.calls.insert(token, Call::Changes);
             }
             None => {

@@ -1174,3 +1174,70 @@ fn a_lookup_nobody_waits_for_is_dropped() {
             .any(|(_, v)| v.starts_with("/.portcullis/v1/session"))
     }));
 }
+
+#[test]
+fn empty_early_answers_do_not_make_the_stream_spin() {
+    let mut w = worker("");
+    let mut h = fake_host();
+    w.on_tick(&mut h);
+    let polls = |h: &FakeHost| {
+        h.dispatched
+            .iter()
+            .filter(|d| {
+                d.2.iter()
+                    .any(|(k, v)| k == ":path" && v.starts_with("/.portcullis/v1/changes"))
+            })
+            .count()
+    };
+    // A sidecar answering at once with nothing new (cursor 0): no immediate re-poll...
+    let t = h.dispatched.last().unwrap().0;
+    answer(
+        &mut w,
+        &mut h,
+        t,
+        200,
+        ChangesResponse {
+            version: 0,
+            bundle_version: "v1".into(),
+            ..Default::default()
+        }
+        .encode_to_vec(),
+    );
+    assert_eq!(polls(&h), 1);
+    // ...the next tick polls again.
+    h.now += 500;
+    w.on_tick(&mut h);
+    assert_eq!(polls(&h), 2);
+    // News is followed at once.
+    let t = h.dispatched.last().unwrap().0;
+    answer(
+        &mut w,
+        &mut h,
+        t,
+        200,
+        ChangesResponse {
+            version: 4,
+            deleted: vec![SID.into()],
+            bundle_version: "v1".into(),
+            ..Default::default()
+        }
+        .encode_to_vec(),
+    );
+    assert_eq!(polls(&h), 3);
+    // A full long poll with no news is followed at once too.
+    h.now += 25_000;
+    let t = h.dispatched.last().unwrap().0;
+    answer(
+        &mut w,
+        &mut h,
+        t,
+        200,
+        ChangesResponse {
+            version: 4,
+            bundle_version: "v1".into(),
+            ..Default::default()
+        }
+        .encode_to_vec(),
+    );
+    assert_eq!(polls(&h), 4);
+}

@@ -304,6 +304,11 @@ impl Vm {
         Ok(ok != 0)
     }
 
+    /// Move the process clock forward (every VM of the process sees it).
+    pub fn advance_ms(&self, ms: u64) {
+        self.store.data().clock.fetch_add(ms, Ordering::SeqCst);
+    }
+
     /// The tick period the filter asked for (ms; 0 = none).
     pub fn tick_period_ms(&self) -> u32 {
         self.store.data().tick_period_ms

@@ -356,7 +356,11 @@ fn start_stream(vm: &mut Vm, version: u64, bundle_version: &str) -> Result<()> {
         200,
         &[],
         &fixtures::changes_answer(version, &[], &[], bundle_version),
-    )
+    )?;
+    // An early answer without news: the next poll starts on the next tick.
+    assert!(pending_poll(vm).is_err());
+    vm.advance_ms(500);
+    vm.tick()
 }
 
 fn pending_poll(vm: &Vm) -> Result<HttpCall> {
