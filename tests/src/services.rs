@@ -317,6 +317,39 @@ impl Envoy {
         })
     }
 
+    /// Connections accepted so far by each Envoy worker (`listener.*.worker_N.downstream_cx_total`
+    /// from the admin interface), indexed by worker.
+    pub async fn worker_connections(&self) -> Result<Vec<u64>> {
+        let url = format!(
+            "http://127.0.0.1:{}/stats?filter=worker_[0-9]+\\.downstream_cx_total",
+            self.admin_port
+        );
+        let text = reqwest::get(&url).await?.text().await?;
+        let mut per_worker: Vec<u64> = Vec::new();
+        for line in text.lines() {
+            let Some((name, value)) = line.split_once(": ") else {
+                continue;
+            };
+            if !name.starts_with("listener.") || name.starts_with("listener.admin") {
+                continue;
+            }
+            let Some(idx) = name
+                .split('.')
+                .find_map(|part| part.strip_prefix("worker_"))
+                .and_then(|n| n.parse::<usize>().ok())
+            else {
+                continue;
+            };
+            if per_worker.len() <= idx {
+                per_worker.resize(idx + 1, 0);
+            }
+            if let (Some(slot), Ok(v)) = (per_worker.get_mut(idx), value.trim().parse::<u64>()) {
+                *slot += v;
+            }
+        }
+        Ok(per_worker)
+    }
+
     /// Wait until `url` (through Envoy) answers `status`, e.g. the first sign-in redirect
     /// once the filter has its bundle.
     pub async fn wait_status(url: &str, status: u16, timeout: Duration) -> Result<()> {

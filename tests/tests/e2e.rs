@@ -303,10 +303,16 @@ async fn sign_out_revokes_everywhere(o: Options) -> Result<()> {
     // At 1 s after the sign-out, every worker refuses it.
     let at = signed_out + Duration::from_secs(1);
     tokio::time::sleep_until(at.into()).await;
+    let probe_start = stack.envoy.worker_connections().await?;
     let after = fresh_connection_statuses(&url, &cookie1, 30).await?;
+    let probe_end = stack.envoy.worker_connections().await?;
     ensure!(
         after.iter().all(|s| *s == 302 || *s == 401),
         "1 s after sign-out the revoked session still got through: {after:?}"
+    );
+    ensure!(
+        probe_end.iter().zip(&probe_start).all(|(a, b)| a > b),
+        "the post-sign-out probes did not reach both workers: {probe_start:?} → {probe_end:?}"
     );
     // The other session of the same user keeps working.
     let cookie2 = s2.cookies_for(&url);
