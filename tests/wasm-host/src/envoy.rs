@@ -135,6 +135,12 @@ static_resources:
 impl Envoy {
     /// Start Envoy (`--concurrency 2`) and wait until `/ready` answers and the listener is bound.
     pub fn start(spec: &EnvoySpec<'_>) -> Result<Envoy> {
+        Envoy::start_bootstrap(&bootstrap(spec), 2)
+    }
+
+    /// Start Envoy with a caller-written bootstrap (it must bind a listener named `main` and
+    /// an admin interface on port 0) and `concurrency` workers; used by `bench/`.
+    pub fn start_bootstrap(bootstrap_yaml: &str, concurrency: u32) -> Result<Envoy> {
         let dir = std::env::temp_dir().join(format!(
             "portcullis-envoy-{}-{}",
             std::process::id(),
@@ -143,17 +149,13 @@ impl Envoy {
         std::fs::create_dir_all(&dir)?;
         let admin_file = dir.join("admin-address");
         let config = dir.join("envoy.yaml");
-        std::fs::write(&config, bootstrap(spec))?;
+        std::fs::write(&config, bootstrap_yaml)?;
         let child = Command::new(envoy_path())
             .arg("-c")
             .arg(&config)
-            .args([
-                "--concurrency",
-                "2",
-                "--disable-hot-restart",
-                "--log-level",
-                "info",
-            ])
+            .arg("--concurrency")
+            .arg(concurrency.to_string())
+            .args(["--disable-hot-restart", "--log-level", "info"])
             // The log is read by tests (no panic, decisions): flush it promptly.
             .args(["--file-flush-interval-msec", "50"])
             .arg("--admin-address-path")
@@ -212,6 +214,11 @@ impl Envoy {
             .ok_or_else(|| anyhow!("no listener in {listeners:?}"))?;
         self.addr = addr.trim().parse()?;
         Ok(())
+    }
+
+    /// The process id of the Envoy child (for CPU accounting and pinning).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// The last lines of Envoy's log (for failure messages).

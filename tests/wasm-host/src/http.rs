@@ -257,6 +257,22 @@ pub fn get(addr: SocketAddr, host: &str, path: &str, headers: &[(&str, &str)]) -
     })
 }
 
+/// Send raw request bytes on a fresh connection; the response status (0 if the server
+/// closed without answering). For hostile inputs the typed client cannot express.
+pub fn raw_status(addr: SocketAddr, request: &[u8]) -> Result<u16> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(20)))?;
+    s.write_all(request)?;
+    let mut reader = BufReader::new(s);
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    Ok(line
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0))
+}
+
 /// An upstream that answers every request with its request headers, one `name: value` per line.
 pub fn echo_server() -> Result<Server> {
     Server::start(

@@ -177,7 +177,28 @@ fn allow_deny_login_cookie_stripping_and_spoofing() -> Result<()> {
             .status,
         200
     );
-    assert!(!w.envoy.log().contains("panic"), "{}", w.envoy.log_tail());
+    // Hostile bytes: a non-UTF-8 header value and cookie (HTTP allows obs-text), many cookies.
+    let mut raw = b"GET / HTTP/1.1\r\nhost: app.example.com\r\nconnection: close\r\nx-odd: \xc3\x28\xff\r\ncookie: _pomerium=\xff\xfe; a=\xc3\r\n".to_vec();
+    raw.extend_from_slice(b"cookie: ");
+    for i in 0..200 {
+        raw.extend_from_slice(format!("c{i}=v; _pomerium=x{i}; ").as_bytes());
+    }
+    raw.extend_from_slice(b"\r\n\r\n");
+    let status = http::raw_status(w.envoy.addr, &raw)?;
+    eprintln!("hostile request: {status}");
+    assert!(
+        status == 302 || status == 400,
+        "hostile request got {status}"
+    );
+    // The workers are alive and correct afterwards (a crashed VM would answer 503).
+    let s = statuses(&w, "app.example.com", &cookie, 10)?;
+    assert!(s.iter().all(|c| *c == 200), "{s:?}\n{}", w.envoy.log_tail());
+    let log = w.envoy.log();
+    assert!(
+        !log.contains("panic") && !log.contains("VM failed"),
+        "{}",
+        w.envoy.log_tail()
+    );
     Ok(())
 }
 
