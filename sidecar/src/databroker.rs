@@ -231,7 +231,11 @@ pub fn now_unix_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// Open the configured backend.
+/// How long [`open`] keeps trying to reach Redis at startup (it may start alongside us).
+pub const STARTUP_CONNECT_WINDOW: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Open the configured backend. Redis is retried for [`STARTUP_CONNECT_WINDOW`] (with
+/// backoff) before giving up; a bad connection string fails at once.
 pub async fn open(
     settings: &crate::settings::StorageSettings,
 ) -> StoreResult<std::sync::Arc<dyn Store>> {
@@ -241,8 +245,21 @@ pub async fn open(
         StorageSettings::Redis {
             connection_string,
             key_prefix,
-        } => Ok(std::sync::Arc::new(
-            redis::RedisStore::connect(connection_string, key_prefix).await?,
-        )),
+        } => {
+            let deadline = tokio::time::Instant::now() + STARTUP_CONNECT_WINDOW;
+            let mut delay = std::time::Duration::from_millis(250);
+            loop {
+                match redis::RedisStore::connect(connection_string, key_prefix).await {
+                    Ok(store) => return Ok(std::sync::Arc::new(store)),
+                    Err(e @ StoreError::Config(_)) => return Err(e),
+                    Err(e) if tokio::time::Instant::now() + delay >= deadline => return Err(e),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "redis not reachable yet; retrying");
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(std::time::Duration::from_secs(5));
+                    }
+                }
+            }
+        }
     }
 }

@@ -509,3 +509,30 @@ async fn redis_down_is_an_error_not_a_panic() {
             .is_err()
     );
 }
+
+#[tokio::test]
+async fn startup_waits_for_a_redis_that_comes_up_late() {
+    let port = free_port();
+    let settings = sidecar::settings::StorageSettings::Redis {
+        connection_string: format!("redis://127.0.0.1:{port}/0"),
+        key_prefix: "portcullis:".into(),
+    };
+    let opening = tokio::spawn(async move { sidecar::databroker::open(&settings).await });
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert!(!opening.is_finished(), "gave up too early");
+    let _server = RedisServer::start_on(port);
+    let store = tokio::time::timeout(Duration::from_secs(10), opening)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    store.ping().await.unwrap();
+    // A malformed connection string fails at once.
+    let bad = sidecar::settings::StorageSettings::Redis {
+        connection_string: "http://nope".into(),
+        key_prefix: "p:".into(),
+    };
+    let t = Instant::now();
+    assert!(sidecar::databroker::open(&bad).await.is_err());
+    assert!(t.elapsed() < Duration::from_secs(1));
+}

@@ -62,7 +62,7 @@ pub struct RedisServer {
     persistent: bool,
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap().port()
 }
@@ -78,11 +78,20 @@ impl RedisServer {
         Self::start_with(true)
     }
 
+    /// Ephemeral, on a given port.
+    pub fn start_on(port: u16) -> RedisServer {
+        Self::start_with_port(false, port)
+    }
+
     fn start_with(persistent: bool) -> RedisServer {
+        Self::start_with_port(persistent, free_port())
+    }
+
+    fn start_with_port(persistent: bool, port: u16) -> RedisServer {
         let dir = TempDir::new("redis");
         let mut s = RedisServer {
             child: None,
-            port: free_port(),
+            port,
             dir,
             persistent,
         };
