@@ -64,6 +64,18 @@ impl<S> Entry<S> {
     }
 }
 
+impl<S> Entry<S> {
+    /// The JWT for `aud` while it has not expired (what may still be forwarded when it
+    /// cannot be renewed).
+    pub fn jwt_valid(&self, aud: &str, now_unix: i64) -> Option<&str> {
+        self.jwts
+            .iter()
+            .find(|j| &*j.aud == aud)
+            .filter(|j| j.expires_at > now_unix)
+            .map(|j| &*j.token)
+    }
+}
+
 /// This worker's sessions, bounded.
 #[derive(Debug)]
 pub struct SessionCache<S> {

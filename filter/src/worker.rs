@@ -371,7 +371,7 @@ impl<P: Policy> Worker<P> {
                 if meta.pass_identity_headers
                     && let Some(e) = entry
                 {
-                    if let Some(jwt) = e.jwt(&aud, now_s) {
+                    if let Some(jwt) = e.jwt_valid(&aud, now_s) {
                         host.set_request_header(HEADER_JWT, Some(jwt));
                     }
                     for h in &e.claim_headers {
@@ -446,7 +446,15 @@ impl<P: Policy> Worker<P> {
                     Lookup::Unavailable
                 };
             }
-            Mode::After(Outcome::Failed) => return Lookup::Unavailable,
+            Mode::After(Outcome::Failed) => {
+                // The sidecar could not renew this session's JWT: a session still within
+                // the staleness bound keeps working (its JWT is forwarded while it is valid).
+                return if ready(self).is_some() {
+                    Lookup::Cached(sid)
+                } else {
+                    Lookup::Unavailable
+                };
+            }
         }
         // Join a lookup in flight for this session + audience, or start one.
         let key = Key(sid);
@@ -470,6 +478,8 @@ impl<P: Policy> Worker<P> {
                 });
                 Lookup::Paused
             }
+            // Cannot even ask: as after a failed call.
+            None if ready(self).is_some() => Lookup::Cached(sid),
             None => Lookup::Unavailable,
         }
     }

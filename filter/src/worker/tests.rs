@@ -1241,3 +1241,21 @@ fn empty_early_answers_do_not_make_the_stream_spin() {
     );
     assert_eq!(polls(&h), 4);
 }
+
+#[test]
+fn sidecar_down_when_the_jwt_needs_renewal_keeps_the_session_working() {
+    let mut w = worker(r#","staleness_bound_secs":600"#);
+    let mut h = fake_host();
+    warm(&mut w, &mut h); // JWT valid for 300 s
+    h.now += 280_000; // within the 30 s renewal margin, still valid
+    h.dispatch_fails = true;
+    let r = request("app.example.com", &[("cookie", &cookie_for(SID))]);
+    assert_eq!(run(&mut w, &mut h, 1, r.clone()), Flow::Continue);
+    assert_eq!(
+        header(&h, 1, "x-pomerium-jwt-assertion"),
+        Some("header.payload.sig")
+    );
+    h.now += 30_000; // expired: allowed, but no stale JWT forwarded
+    assert_eq!(run(&mut w, &mut h, 2, r), Flow::Continue);
+    assert_eq!(header(&h, 2, "x-pomerium-jwt-assertion"), None);
+}
