@@ -71,8 +71,13 @@ lint: deps-rust
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) clippy --target wasm32-wasip1 -p filter -- -D warnings
 
+# Criterion (the evaluator), then Envoy with vs without filter.wasm: bare / public route /
+# cache hit, interleaved rounds, wrk on loopback (bench/, docs/benchmarks.md). The report
+# goes to target/bench/report.md. BENCH_ROUNDS / BENCH_SECONDS shorten or lengthen it.
 bench: deps wasm
-	$(CARGO) bench -p policy-compiler
+	@command -v wrk >/dev/null || { echo "installing wrk (apt)"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
+	$(CARGO) bench -p policy-compiler --bench eval -- --warm-up-time 1 --measurement-time 3
+	$(CARGO) run -q -p portcullis-bench
 
 # Short runs of every cargo-fuzz target (nightly + cargo-fuzz, installed if missing).
 FUZZ_SECONDS ?= 20

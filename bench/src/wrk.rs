@@ -1,0 +1,141 @@
+//! Running `wrk` (pinned to the load core) and reading its `done`-hook line.
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+/// What one wrk run measured (latencies in microseconds).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Sample {
+    /// Completed requests.
+    pub requests: u64,
+    /// Wall time of the run.
+    pub duration_us: u64,
+    /// Answers that were not 2xx/3xx.
+    pub status_errors: u64,
+    /// Connect, read, write errors and timeouts.
+    pub socket_errors: u64,
+    /// Latency percentiles.
+    pub p50_us: u64,
+    /// 90th percentile.
+    pub p90_us: u64,
+    /// 99th percentile.
+    pub p99_us: u64,
+    /// 99.9th percentile.
+    pub p999_us: u64,
+    /// Slowest request.
+    pub max_us: u64,
+}
+
+impl Sample {
+    /// Requests per second.
+    pub fn rps(&self) -> f64 {
+        if self.duration_us == 0 {
+            return 0.0;
+        }
+        self.requests as f64 * 1e6 / self.duration_us as f64
+    }
+}
+
+/// One load run's shape.
+pub struct Load<'a> {
+    /// Where Envoy listens.
+    pub addr: SocketAddr,
+    /// `Host` header.
+    pub host: &'a str,
+    /// `Cookie` header.
+    pub cookie: &'a str,
+    /// Keep-alive connections.
+    pub connections: u32,
+    /// Run length.
+    pub duration: Duration,
+    /// CPU to pin wrk to (`taskset -c`), when pinning.
+    pub cpu: Option<u32>,
+    /// The Lua script with the `done` hook.
+    pub script: &'a Path,
+}
+
+/// Run wrk once; errors when it fails or its summary line is missing.
+pub fn run(load: &Load<'_>) -> Result<Sample> {
+    let secs = load.duration.as_secs().max(1);
+    let mut cmd = match load.cpu {
+        Some(cpu) => {
+            let mut c = Command::new("taskset");
+            c.args(["-c", &cpu.to_string(), "wrk"]);
+            c
+        }
+        None => Command::new("wrk"),
+    };
+    cmd.args(["-t", "1", "-c", &load.connections.to_string()])
+        .args(["-d", &format!("{secs}s"), "--timeout", "5s"])
+        .arg("-s")
+        .arg(load.script)
+        .args(["-H", &format!("Host: {}", load.host)])
+        .args(["-H", &format!("Cookie: {}", load.cookie)])
+        .arg(format!("http://{}/", load.addr));
+    let out = cmd.output().context("running wrk (apt-get install wrk)")?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!(
+            "wrk failed ({}): {stdout}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let line = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("BENCH "))
+        .ok_or_else(|| anyhow!("no summary line from wrk: {stdout}"))?;
+    parse(line)
+}
+
+/// Parse `key=value` pairs of the `done` hook's line.
+pub fn parse(line: &str) -> Result<Sample> {
+    let mut s = Sample::default();
+    for kv in line.split_whitespace() {
+        let (k, v) = kv
+            .split_once('=')
+            .ok_or_else(|| anyhow!("bad field {kv:?}"))?;
+        let v: u64 = v.parse().with_context(|| format!("bad value in {kv:?}"))?;
+        let slot = match k {
+            "requests" => &mut s.requests,
+            "duration_us" => &mut s.duration_us,
+            "status_errors" => &mut s.status_errors,
+            "socket_errors" => &mut s.socket_errors,
+            "p50_us" => &mut s.p50_us,
+            "p90_us" => &mut s.p90_us,
+            "p99_us" => &mut s.p99_us,
+            "p999_us" => &mut s.p999_us,
+            "max_us" => &mut s.max_us,
+            _ => continue,
+        };
+        *slot = v;
+    }
+    if s.requests == 0 || s.duration_us == 0 {
+        bail!("wrk measured nothing: {line}");
+    }
+    Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_done_hook_line() {
+        let s = parse("requests=1000 duration_us=2000000 status_errors=0 socket_errors=1 p50_us=400 p90_us=600 p99_us=900 p999_us=1500 max_us=3000").unwrap();
+        assert_eq!(s.requests, 1000);
+        assert_eq!(s.p99_us, 900);
+        assert_eq!(s.socket_errors, 1);
+        assert!((s.rps() - 500.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn refuses_an_empty_run_and_garbage() {
+        assert!(parse("requests=0 duration_us=5").is_err());
+        assert!(parse("requests=x").is_err());
+        assert!(parse("requests").is_err());
+    }
+}
