@@ -190,7 +190,7 @@ async fn changes(
     let mut resp = read_changes(&state, q.since).await?;
     let caller_bundle_stale = q.bundle.as_ref().is_some_and(|b| *b != resp.bundle_version);
     let has_news = resp.reset || !resp.changed.is_empty() || !resp.deleted.is_empty();
-    if has_news || caller_bundle_stale || wait.is_zero() || q.since == 0 {
+    if has_news || caller_bundle_stale || wait.is_zero() {
         return Ok(protobuf(&resp));
     }
     let since = q.since;
@@ -221,14 +221,8 @@ async fn changes(
 async fn read_changes(state: &AppState, since: u64) -> Result<ChangesResponse, AppError> {
     let bundle_version = state.bundle.current().version.clone();
     let ch = state.store.changes_since(since).await?;
-    if since == 0 {
-        // A fresh follower has nothing cached: give it the cursor, not the history.
-        return Ok(ChangesResponse {
-            version: ch.version,
-            bundle_version,
-            ..Default::default()
-        });
-    }
+    // No special case for `since=0`: 0 is a real cursor (an empty store), and a follower
+    // at 0 must still learn of every session created *and deleted* before its next poll.
     let mut last: HashMap<&str, (u64, bool)> = HashMap::new();
     for c in ch.changes.iter().filter(|c| c.kind == Kind::Session) {
         last.insert(c.id.as_str(), (c.version, c.deleted));

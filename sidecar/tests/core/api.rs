@@ -193,11 +193,12 @@ async fn changes_long_poll_wakes_on_a_change() {
     let state = app(memory_store(), idp.clone(), settings());
     let s = login(&state, &idp, "u3", Default::default()).await;
 
-    // A fresh follower gets the cursor, not the history.
+    // Cursor 0 is a cursor like any other: the history since the start.
     let (_, _, body) = authed(&state, "/.portcullis/v1/changes?since=0&wait_ms=5000").await;
     let first = ChangesResponse::decode(body.as_slice()).unwrap();
     assert_eq!(first.version, s.version + 1, "session + user record");
-    assert!(first.changed.is_empty() && !first.reset);
+    assert_eq!(first.changed, vec![s.id.clone()]);
+    assert!(!first.reset);
     assert_eq!(first.bundle_version, state.bundle.current().version);
 
     // Nothing new: the poll waits for the full wait_ms.
@@ -416,4 +417,43 @@ async fn health_and_metrics() {
     state = app(memory_store(), idp, settings());
     let (status, _, _) = get(&state, "/readyz", None).await;
     assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_follower_at_cursor_zero_misses_nothing_and_does_not_spin() {
+    let idp = FakeIdp::new();
+    idp.add_user("u0", "u0@example.com", &["g"]);
+    let state = app(memory_store(), idp.clone(), settings());
+    // Empty store: a poll at 0 is held (no busy loop), then answers with cursor 0.
+    let t = Instant::now();
+    let (_, _, body) = authed(&state, "/.portcullis/v1/changes?since=0&wait_ms=300").await;
+    assert!(t.elapsed() >= Duration::from_millis(290));
+    let r = ChangesResponse::decode(body.as_slice()).unwrap();
+    assert_eq!((r.version, r.reset), (0, false));
+    // A session created and signed out before the follower's next poll: the deletion
+    // must still reach it (it may have cached the session meanwhile).
+    let s = login(&state, &idp, "u0", Default::default()).await;
+    state.sessions.delete(&s.id).await.unwrap();
+    let (_, _, body) = authed(&state, "/.portcullis/v1/changes?since=0&wait_ms=5000").await;
+    let r = ChangesResponse::decode(body.as_slice()).unwrap();
+    assert_eq!(r.deleted, vec![s.id.clone()]);
+    assert!(r.changed.is_empty());
+    // A poll at 0 also wakes on the first change.
+    let state2 = app(memory_store(), idp.clone(), settings());
+    let poll = {
+        let state2 = state2.clone();
+        tokio::spawn(async move {
+            authed(&state2, "/.portcullis/v1/changes?since=0&wait_ms=10000").await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let s2 = login(&state2, &idp, "u0", Default::default()).await;
+    let (_, _, body) = tokio::time::timeout(Duration::from_secs(3), poll)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        ChangesResponse::decode(body.as_slice()).unwrap().changed,
+        vec![s2.id]
+    );
 }
