@@ -43,6 +43,10 @@ pub fn metrics_router(state: AppState) -> axum::Router {
     internal_api::metrics_routes().with_state(state)
 }
 
+/// How often the policy source's mtime is checked. A `stat` is cheap, and replicas
+/// watching one file disagree for at most this long after an edit.
+pub const BUNDLE_POLL_INTERVAL: Duration = Duration::from_millis(250);
+
 /// How often expired sessions are swept and gauges sampled.
 pub const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -59,7 +63,7 @@ pub fn spawn_background(
             state.bundle.clone(),
             bundle_source,
             state.metrics.clone(),
-            Duration::from_secs(1),
+            BUNDLE_POLL_INTERVAL,
         )),
     ]
 }
