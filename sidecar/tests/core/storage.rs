@@ -339,6 +339,31 @@ fn assert_no_plaintext(blobs: &[Vec<u8>]) {
     }
 }
 
+async fn trimmed_history_resets_old_cursors(store: Arc<dyn Store>) {
+    use sidecar::databroker::CHANGE_LOG_LEN;
+    let start = store.changes_since(0).await.unwrap().version;
+    let mut last = 0;
+    for i in 0..CHANGE_LOG_LEN + 5 {
+        let mut p = put(Kind::User, "gggggggggggggggg1", "", Expect::Any);
+        p.data = i.to_be_bytes().to_vec();
+        last = store.put(p).await.unwrap().unwrap();
+    }
+    // The oldest entries are gone: a cursor from before them must reset…
+    let ch = store.changes_since(start).await.unwrap();
+    assert!(ch.reset, "a cursor older than the history must reset");
+    assert_eq!(ch.version, last);
+    // …while a recent cursor still gets exact changes.
+    let ch = store.changes_since(last - 3).await.unwrap();
+    assert!(!ch.reset);
+    assert_eq!(ch.changes.len(), 3);
+    let ch = store
+        .changes_since(last - CHANGE_LOG_LEN + 1)
+        .await
+        .unwrap();
+    assert!(!ch.reset);
+    assert_eq!(ch.changes.len() as u64, CHANGE_LOG_LEN - 1);
+}
+
 macro_rules! suite {
     ($name:ident, $body:ident) => {
         mod $name {
@@ -360,6 +385,7 @@ suite!(versions, versions_are_monotonic_and_writes_conditional);
 suite!(change_stream, change_stream_reports_and_wakes);
 suite!(ttl, ttl_expiry);
 suite!(owners_due_leases, owners_due_and_leases);
+suite!(trimmed_history, trimmed_history_resets_old_cursors);
 
 #[tokio::test]
 async fn memory_encrypted_at_rest() {
