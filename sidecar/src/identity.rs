@@ -457,7 +457,6 @@ async fn backoff(
     tokens: Option<TokenSet>,
 ) -> Result<Outcome, SessionError> {
     let settings = &state.settings.identity;
-    let mut retry_at = now;
     let written = rewrite(state, id, |s| {
         if let Some(ts) = &tokens {
             apply_tokens(s, ts, now);
@@ -468,10 +467,9 @@ async fn backoff(
     })
     .await?;
     match written {
-        Some(s) => {
-            retry_at = retry_at.max(s.refresh.retry_at);
-            Ok(Outcome::Backoff { retry_at })
-        }
+        Some(s) => Ok(Outcome::Backoff {
+            retry_at: s.refresh.retry_at,
+        }),
         None => Ok(Outcome::NotFound),
     }
 }
