@@ -350,19 +350,33 @@ impl Envoy {
         Ok(per_worker)
     }
 
-    /// Wait until `url` (through Envoy) answers `status`, e.g. the first sign-in redirect
-    /// once the filter has its bundle.
+    /// Wait until `url` (through Envoy) answers `status` on 8 consecutive fresh
+    /// connections — e.g. the sign-in redirect once every worker's filter has its bundle
+    /// (each worker loads it on its own).
     pub async fn wait_status(url: &str, status: u16, timeout: Duration) -> Result<()> {
         let client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
+            .pool_max_idle_per_host(0)
             .build()?;
-        wait_until(&format!("{url} to answer {status}"), timeout, || {
-            let client = client.clone();
-            async move {
-                let r = client.get(url).send().await?;
-                Ok((r.status().as_u16() == status).then_some(()))
-            }
-        })
+        let streak = std::sync::atomic::AtomicU32::new(0);
+        wait_until(
+            &format!("{url} to answer {status} on every worker"),
+            timeout,
+            || {
+                let client = client.clone();
+                let streak = &streak;
+                async move {
+                    let r = client.get(url).send().await?;
+                    if r.status().as_u16() == status {
+                        let n = streak.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                        Ok((n >= 8).then_some(()))
+                    } else {
+                        streak.store(0, std::sync::atomic::Ordering::Relaxed);
+                        Ok(None)
+                    }
+                }
+            },
+        )
         .await
     }
 }

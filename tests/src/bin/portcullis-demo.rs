@@ -85,11 +85,20 @@ async fn main() -> Result<()> {
     let envoy = Envoy::start(&dir, &config, &extra, &[SIDECAR_PORT], &[], false)
         .await
         .context("starting Envoy")?;
+    // Ready = every worker's filter has its bundle: a protected route answers with a
+    // sign-in redirect on consecutive fresh connections.
     wait_http(
         &format!("http://127.0.0.2:{ENVOY_PORT}/"),
         Duration::from_secs(30),
     )
     .await?;
+    Envoy::wait_status(
+        &format!("http://127.0.0.2:{ENVOY_PORT}/"),
+        302,
+        Duration::from_secs(30),
+    )
+    .await
+    .context("waiting for the filter to load the policy bundle")?;
 
     println!(
         "\nPortcullis demo is running (IdP {}, sidecar :{}, Envoy :{ENVOY_PORT}, app {}).\n\n\
