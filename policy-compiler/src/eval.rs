@@ -332,8 +332,8 @@ pub struct RouteInfo<'a> {
     pub pass_identity_headers: bool,
     /// Whether any criterion of the route looks at the user; when false, evaluating with no
     /// subject gives the same answer as with one (the filter may skip the session lookup but
-    /// must still call `evaluate`), except on Pomerium's own `/.pomerium/jwt` and
-    /// `/.pomerium/webauthn` paths (the implicit `pomerium_routes` rule).
+    /// must still call `evaluate`), except for an explicit `pomerium_routes` criterion on
+    /// `/.pomerium/jwt` and `/.pomerium/webauthn` paths.
     pub uses_identity: bool,
 }
 
@@ -1256,12 +1256,15 @@ impl<'e, 'r> Cx<'e, 'r> {
                 }
                 ClientCertificate::Invalid => Outcome::new(true, Reason::InvalidClientCertificate),
             },
+            // Portcullis extension (Pomerium's own criterion looks for `/.pomerium/` anywhere
+            // in the URL, query included): only a path, query removed and normalised as Envoy
+            // routes it, that starts with `/.pomerium/`.
             Node::PomeriumRoutes => {
-                if !self.req.path.contains("/.pomerium/") {
+                let p = path::normalise(path::strip_query(self.req.path));
+                if !p.starts_with("/.pomerium/") {
                     Outcome::new(false, Reason::NonPomeriumRoute)
                 } else if subj.is_some()
-                    || !(self.req.path.contains("/.pomerium/jwt")
-                        || self.req.path.contains("/.pomerium/webauthn"))
+                    || !(p.starts_with("/.pomerium/jwt") || p.starts_with("/.pomerium/webauthn"))
                 {
                     Outcome::new(true, Reason::PomeriumRoute)
                 } else {

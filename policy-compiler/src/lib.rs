@@ -14,14 +14,14 @@ pub mod bundle;
 pub mod eval;
 
 #[cfg(feature = "frontend")]
-pub mod diag;
-#[cfg(feature = "frontend")]
-pub mod value;
+pub mod compile;
 #[cfg(feature = "frontend")]
 pub mod config;
 #[cfg(feature = "frontend")]
-pub mod ppl;
-#[cfg(feature = "frontend")]
-pub mod compile;
+pub mod diag;
 #[cfg(feature = "frontend")]
 pub mod oracle;
+#[cfg(feature = "frontend")]
+pub mod ppl;
+#[cfg(feature = "frontend")]
+pub mod value;

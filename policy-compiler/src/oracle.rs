@@ -168,8 +168,8 @@ fn plain(ok: bool, pass: &'static str, fail: &'static str) -> Res {
     }
 }
 
-/// What `http_path` sees, computed the slow obvious way.
-pub fn request_path(raw: &str) -> String {
+/// The path Envoy routes on: query removed, slashes merged, dot segments removed.
+pub fn normalised_path(raw: &str) -> String {
     let no_query = raw.split(['?', '#']).next().unwrap_or("");
     let mut out: Vec<&str> = Vec::new();
     for seg in no_query.split('/').filter(|s| !s.is_empty()) {
@@ -193,6 +193,12 @@ pub fn request_path(raw: &str) -> String {
     if trailing {
         p.push('/');
     }
+    p
+}
+
+/// What `http_path` sees, computed the slow obvious way.
+pub fn request_path(raw: &str) -> String {
+    let p = normalised_path(raw);
     // Percent-decode byte-wise.
     let b = p.as_bytes();
     let mut bytes = Vec::new();
@@ -307,11 +313,11 @@ pub fn criterion(c: &Criterion, req: &Request<'_>, s: Option<&Subject>) -> Res {
             _ => res(false, "valid-client-certificate"),
         },
         CriterionKind::PomeriumRoutes => {
-            let p = req.path;
-            if !p.contains("/.pomerium/") {
+            let p = normalised_path(req.path);
+            if !p.starts_with("/.pomerium/") {
                 res(false, "non-pomerium-route")
             } else if s.is_some()
-                || (!p.contains("/.pomerium/jwt") && !p.contains("/.pomerium/webauthn"))
+                || (!p.starts_with("/.pomerium/jwt") && !p.starts_with("/.pomerium/webauthn"))
             {
                 res(true, "pomerium-route")
             } else {

@@ -8,7 +8,8 @@
 //! (`allow`, `deny`) to operators (`and`, `or`, `not`, `nor`), each a list of criteria; the
 //! operators of one rule are OR-ed. Portcullis extensions (documented in docs/policy.md):
 //! an operator nested as a criterion; the `date`, `day_of_week` and `time_of_day` criteria;
-//! `pomerium_routes` in user policies.
+//! `pomerium_routes` in user policies (matches a request path, query removed, that starts with
+//! `/.pomerium/`).
 
 use crate::config::Route;
 use crate::diag::Diagnostics;
@@ -207,8 +208,13 @@ impl Cx<'_> {
     }
 }
 
-/// Builds a route's policy: Pomerium's generated allow rule (`pomerium_routes`, then the
-/// legacy options), its `deny: invalid_client_certificate` rule, then the route's `policy`.
+/// Builds a route's policy: Pomerium's generated allow rule (the legacy options, as current
+/// Pomerium's `config/policy_ppl.go`: no `pomerium_routes` criterion — `/.pomerium/` paths are
+/// control-plane routes the sidecar serves, not policy), then the route's `policy`.
+///
+/// Pomerium adds `deny: invalid_client_certificate` only when downstream client-certificate
+/// verification is configured (`AddDefaultClientCertificateRule`); Portcullis refuses those
+/// options (`downstream_mtls`, `tls_downstream_client_ca`), so it never generates that rule.
 /// Errors and warnings come back together; the policy is only meaningful without errors.
 pub fn route_policy(route: &Route) -> (RoutePolicy, Diagnostics) {
     let file = route.file.as_str();
@@ -225,11 +231,7 @@ pub fn route_policy(route: &Route) -> (RoutePolicy, Diagnostics) {
         label: label.to_string(),
         kind,
     };
-    let mut allow = vec![crit(
-        route.span,
-        "pomerium_routes",
-        CriterionKind::PomeriumRoutes,
-    )];
+    let mut allow = Vec::new();
     if route.allow_public_unauthenticated_access.value {
         let s = route.allow_public_unauthenticated_access.span;
         allow.push(crit(s, "accept", CriterionKind::Accept));
@@ -267,24 +269,16 @@ pub fn route_policy(route: &Route) -> (RoutePolicy, Diagnostics) {
         allow.push(crit(u.span, "user", CriterionKind::User(is())));
         allow.push(crit(u.span, "email", CriterionKind::Email(is())));
     }
-    let mut policy = RoutePolicy {
-        allow: vec![Term {
+    let mut policy = RoutePolicy::default();
+    // Pomerium skips an operator without criteria (a route with no legacy options).
+    if !allow.is_empty() {
+        policy.allow.push(Term {
             action: Action::Allow,
             op: OpKind::Or,
-            origin: origin.clone(),
-            criteria: allow,
-        }],
-        deny: vec![Term {
-            action: Action::Deny,
-            op: OpKind::Or,
             origin,
-            criteria: vec![crit(
-                route.span,
-                "invalid_client_certificate",
-                CriterionKind::InvalidClientCertificate,
-            )],
-        }],
-    };
+            criteria: allow,
+        });
+    }
     if let Some(p) = &route.policy {
         for t in parse_with(&mut cx, p) {
             match t.action {

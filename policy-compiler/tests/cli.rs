@@ -150,7 +150,7 @@ fn issue_fixture_decides_as_the_report_expects() {
     );
     assert_eq!(
         eval(ISSUE, admin, &["--session", &s(&removed)]),
-        r#"{"decision":"deny","route":"2","reasons":["claim-unauthorized","non-pomerium-route"],"deny_reason":"not-allowed"}"#
+        r#"{"decision":"deny","route":"2","reasons":["claim-unauthorized"],"deny_reason":"not-allowed"}"#
     );
     assert_eq!(
         eval(ISSUE, other, &["--session", &s(&removed)]),
@@ -162,7 +162,7 @@ fn issue_fixture_decides_as_the_report_expects() {
     );
     assert_eq!(
         eval(ISSUE, admin, &[]),
-        r#"{"decision":"login","route":"2","reasons":["non-pomerium-route","user-unauthenticated"]}"#
+        r#"{"decision":"login","route":"2","reasons":["user-unauthenticated"]}"#
     );
     assert!(
         eval(

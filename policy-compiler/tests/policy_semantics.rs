@@ -585,19 +585,22 @@ fn client_certificate_fingerprint_and_invalid_certificates() {
         "allow:\n  or:\n    - client_certificate:\n        fingerprint: [\"{long}\"]"
     ));
     assert_eq!(t2.req(&with(ClientCertificate::Valid(good)), None), ALLOW);
-    // An invalid certificate is denied by Pomerium's implicit deny rule, even on a public route.
+    // Without client-certificate verification configured (Portcullis refuses the mTLS options)
+    // Pomerium generates no `deny: invalid_client_certificate` rule: the certificate is not
+    // looked at.
     let public = t("allow_public_unauthenticated_access: true");
-    assert_eq!(
-        public.req(&with(ClientCertificate::Invalid), None),
-        Decision::Deny(DenyReason::InvalidClientCertificate)
-    );
-    // ... and before sign-in is considered (no redirect for a bad certificate).
+    assert_eq!(public.req(&with(ClientCertificate::Invalid), None), ALLOW);
     let private = t("allow_any_authenticated_user: true");
+    assert_eq!(private.req(&with(ClientCertificate::Invalid), None), LOGIN);
+    // An explicit `invalid_client_certificate` deny refuses it before sign-in is considered.
+    let explicit = t(
+        "allow_any_authenticated_user: true\npolicy:\n  deny:\n    or:\n      - invalid_client_certificate: true",
+    );
     assert_eq!(
-        private.req(&with(ClientCertificate::Invalid), None),
+        explicit.req(&with(ClientCertificate::Invalid), None),
         Decision::Deny(DenyReason::InvalidClientCertificate)
     );
-    assert_eq!(private.req(&with(ClientCertificate::None), None), LOGIN);
+    assert_eq!(explicit.req(&with(ClientCertificate::None), None), LOGIN);
 }
 
 #[test]
@@ -619,11 +622,39 @@ fn client_certificate_san_matchers() {
 }
 
 #[test]
-fn pomerium_routes_paths() {
-    let t = t("allow_any_authenticated_user: true");
+fn generated_rule_has_no_pomerium_routes_criterion() {
+    // Current Pomerium generates no `pomerium_routes` criterion: `/.pomerium/` in the URL
+    // (least of all in the query) opens nothing on an ordinary route.
+    let t = t("allowed_users: [bob@example.com]");
+    for path in [
+        "/x?q=/.pomerium/",
+        "/.pomerium/",
+        "/a/.pomerium/x",
+        "/.pomerium/jwt",
+    ] {
+        assert_eq!(t.get(path, None), LOGIN, "{path}");
+        assert_eq!(t.get(path, Some(&alice())), NOT_ALLOWED, "{path}");
+    }
+    let bare = self::t("name: bare");
+    assert_eq!(bare.get("/x?q=/.pomerium/", None), NOT_ALLOWED);
+    let r = bare.engine.find_route("app.example.com", "/").unwrap();
+    let e = bare.engine.explain(r, &Request::new("GET", "/", 0), None);
+    assert_eq!(e.trace, vec![], "a route without rules evaluates nothing");
+    let public = self::t("allow_public_unauthenticated_access: true");
+    let e = public.engine.explain(r, &Request::new("GET", "/", 0), None);
+    assert_eq!(e.reasons, vec!["accept"]);
+}
+
+#[test]
+fn explicit_pomerium_routes_matches_only_the_path_prefix() {
+    let t = p("allow:\n  or:\n    - pomerium_routes: true");
     assert_eq!(t.get("/.pomerium/", None), ALLOW);
+    assert_eq!(t.get("/.pomerium/x?y=1", None), ALLOW);
     assert_eq!(t.get("/.pomerium/jwt", None), LOGIN);
     assert_eq!(t.get("/.pomerium/jwt", Some(&alice())), ALLOW);
+    assert_eq!(t.get("/x?q=/.pomerium/", None), NOT_ALLOWED);
+    assert_eq!(t.get("/a/.pomerium/x", None), NOT_ALLOWED);
+    assert_eq!(t.get("/x?/.pomerium/jwt", None), NOT_ALLOWED);
 }
 
 // --- time criteria (Portcullis extensions) -------------------------------------------------
