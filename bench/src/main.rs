@@ -153,7 +153,8 @@ fn verify(bare: &Envoy, filtered: &Envoy, cookie: &str, sidecar: &FakeSidecar) -
 }
 
 fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    std::fs::canonicalize(&root).unwrap_or(root)
 }
 
 fn main() -> Result<()> {
@@ -284,7 +285,7 @@ fn main() -> Result<()> {
     let load_after = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
 
     let meta = report::Meta {
-        unix_time: now_s(),
+        finished: command_text("date", &["-u", "+%Y-%m-%d %H:%M:%S UTC"]),
         rounds,
         seconds,
         connections,

@@ -34,8 +34,8 @@ impl Run {
 
 /// Facts about the run printed with the table.
 pub struct Meta {
-    /// When it finished.
-    pub unix_time: u64,
+    /// When it finished (`date -u`).
+    pub finished: String,
     /// Rounds.
     pub rounds: u64,
     /// Seconds per run.
@@ -88,7 +88,7 @@ pub fn markdown(configs: &[Config], runs: &[Run], meta: &Meta) -> String {
     );
     let _ = writeln!(
         out,
-        "{} rounds × {} configurations × {} s, interleaved (order rotated each round); wrk, 1 thread, {} keep-alive connections; Envoy `--concurrency 1`; {}; {} CPUs visible. Ratios are per round against bare Envoy of the same round, then the median (min–max over rounds). CPU = Envoy's user+system time per request (both Envoy hops: the measured listener and the `direct_response` upstream listener).\n",
+        "{} rounds × {} configurations × {} s, interleaved (order rotated each round); wrk, 1 thread, {} keep-alive connections; Envoy `--concurrency 1`; {}; {} CPUs visible. Ratios are per round against bare Envoy of the same round, then the median (min–max over rounds). CPU = Envoy's user+system time per request (both Envoy hops: the measured listener and the `direct_response` upstream listener); \"× bare by CPU\" = bare CPU/req ÷ this CPU/req, the throughput ratio of a core Envoy had to itself — steadier than req/s when other processes share Envoy's core.\n",
         meta.rounds,
         configs.len(),
         meta.seconds,
@@ -102,9 +102,9 @@ pub fn markdown(configs: &[Config], runs: &[Run], meta: &Meta) -> String {
     );
     let _ = writeln!(
         out,
-        "| configuration | req/s | × bare req/s | p50 µs | p99 µs | Envoy CPU µs/req | added vs bare µs/req |"
+        "| configuration | req/s | × bare req/s | p50 µs | p99 µs | Envoy CPU µs/req | added vs bare µs/req | × bare by CPU |"
     );
-    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|");
     for (i, c) in configs.iter().enumerate() {
         let mine: Vec<&Run> = runs.iter().filter(|r| r.config == i).collect();
         let rps = median(mine.iter().map(|r| r.sample.rps()).collect());
@@ -123,18 +123,26 @@ pub fn markdown(configs: &[Config], runs: &[Run], meta: &Meta) -> String {
             .iter()
             .map(|(r, b)| r.cpu_per_request_us() - b.cpu_per_request_us())
             .collect();
+        // Requests per second one whole core would serve, relative to bare Envoy: robust to
+        // other processes taking CPU time from Envoy's core, which req/s is not.
+        let cpu_ratios: Vec<f64> = pairs
+            .iter()
+            .map(|(r, b)| b.cpu_per_request_us() / r.cpu_per_request_us().max(f64::MIN_POSITIVE))
+            .collect();
         let (lo, hi) = min_max(&ratios);
-        let (ratio, added) = if i == 0 {
-            ("1.00×".to_owned(), "—".to_owned())
+        let (clo, chi) = min_max(&cpu_ratios);
+        let (ratio, added, cpu_ratio) = if i == 0 {
+            ("1.00×".to_owned(), "—".to_owned(), "1.00×".to_owned())
         } else {
             (
                 format!("{:.2}× ({lo:.2}–{hi:.2})", median(ratios.clone())),
                 format!("{:+.1}", median(added)),
+                format!("{:.2}× ({clo:.2}–{chi:.2})", median(cpu_ratios.clone())),
             )
         };
         let _ = writeln!(
             out,
-            "| {} — {} | {rps:.0} | {ratio} | {p50:.0} | {p99:.0} | {cpu:.1} | {added} |",
+            "| {} — {} | {rps:.0} | {ratio} | {p50:.0} | {p99:.0} | {cpu:.1} | {added} | {cpu_ratio} |",
             c.name, c.what
         );
     }
@@ -171,7 +179,7 @@ pub fn markdown(configs: &[Config], runs: &[Run], meta: &Meta) -> String {
         );
     }
     let _ = writeln!(out, "\n## Environment\n");
-    let _ = writeln!(out, "- finished at unix time {}", meta.unix_time);
+    let _ = writeln!(out, "- finished: {}", meta.finished);
     let _ = writeln!(out, "- envoy: `{}`", meta.envoy_version);
     let _ = writeln!(out, "- wrk: `{}`", meta.wrk_version);
     let _ = writeln!(out, "- filter.wasm: {} bytes", meta.wasm_bytes);
@@ -231,7 +239,7 @@ mod tests {
             run(1, 1, 1000, 20_000),
         ];
         let meta = Meta {
-            unix_time: 0,
+            finished: String::new(),
             rounds: 2,
             seconds: 1,
             connections: 16,
@@ -247,6 +255,9 @@ mod tests {
         let text = markdown(&configs, &runs, &meta);
         assert!(text.contains("| 0.50× (0.50–0.50) |"), "{text}");
         // 10 µs/req bare, 20 µs/req with the filter.
-        assert!(text.contains("| 20.0 | +10.0 |"), "{text}");
+        assert!(
+            text.contains("| 20.0 | +10.0 | 0.50× (0.50–0.50) |"),
+            "{text}"
+        );
     }
 }
