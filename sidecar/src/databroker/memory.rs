@@ -18,9 +18,22 @@ struct Inner {
     /// Versions ≤ `floor` were dropped from `log`.
     floor: u64,
     leases: HashMap<String, (String, Instant)>,
+    /// Lease-map size at which the next insert first purges expired leases (amortised:
+    /// twice the live count after the last purge, at least [`LEASE_SWEEP_MIN`]).
+    lease_sweep_at: usize,
 }
 
+/// Below this many leases inserts never sweep (a sweep is O(n); `expire` sweeps anyway).
+const LEASE_SWEEP_MIN: usize = 1024;
+
 impl Inner {
+    /// Drop leases whose time is up. Every hand-off takes a fresh `handoff:<id>` lease, so
+    /// without this the map would grow with every login until restart (a memory DoS).
+    fn purge_leases(&mut self, now: Instant) {
+        self.leases.retain(|_, (_, until)| *until > now);
+        self.lease_sweep_at = (self.leases.len() * 2).max(LEASE_SWEEP_MIN);
+    }
+
     fn bump(&mut self, kind: Kind, id: &str, deleted: bool) -> u64 {
         self.version += 1;
         self.log.push_back(Change {
@@ -200,6 +213,7 @@ impl Store for MemoryStore {
                 i.records.remove(&(*kind, id.clone()));
                 i.bump(*kind, id, true);
             }
+            i.purge_leases(Instant::now());
             gone.len()
         });
         Box::pin(async move { Ok(n) })
@@ -245,6 +259,9 @@ impl Store for MemoryStore {
                 Some((h, until)) => h == holder || *until <= now,
             };
             if free {
+                if i.leases.len() >= i.lease_sweep_at.max(LEASE_SWEEP_MIN) {
+                    i.purge_leases(now);
+                }
                 i.leases.insert(
                     name.to_owned(),
                     (holder.to_owned(), now + Duration::from_millis(ttl_ms)),
@@ -270,5 +287,12 @@ impl Store for MemoryStore {
 
     fn ping(&self) -> BoxFuture<'_, StoreResult<()>> {
         Box::pin(async move { Ok(()) })
+    }
+}
+
+impl MemoryStore {
+    /// Number of leases held in memory, expired or not (tests: memory stays bounded).
+    pub fn lease_entries(&self) -> usize {
+        self.with(|i| i.leases.len())
     }
 }

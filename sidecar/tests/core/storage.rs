@@ -562,3 +562,56 @@ async fn startup_waits_for_a_redis_that_comes_up_late() {
     assert!(sidecar::databroker::open(&bad).await.is_err());
     assert!(t.elapsed() < Duration::from_secs(1));
 }
+
+#[tokio::test]
+async fn memory_hand_off_leases_are_purged() {
+    // Every hand-off takes a one-off `handoff:<id>` lease; expired ones must not pile up.
+    let store = sidecar::databroker::memory::MemoryStore::new();
+    for i in 0..3000 {
+        assert!(
+            store
+                .try_lease(&format!("handoff:{i}"), "h", 1)
+                .await
+                .unwrap()
+        );
+        if i % 500 == 499 {
+            tokio::time::sleep(Duration::from_millis(3)).await;
+        }
+    }
+    assert!(
+        store.lease_entries() < 2100,
+        "inserts purge expired leases (found {})",
+        store.lease_entries()
+    );
+    tokio::time::sleep(Duration::from_millis(3)).await;
+    assert!(store.try_lease("live", "h", 60_000).await.unwrap());
+    store.expire(now_unix()).await.unwrap();
+    assert_eq!(store.lease_entries(), 1, "expire() sweeps expired leases");
+    assert!(
+        !store.try_lease("live", "other", 60_000).await.unwrap(),
+        "a live lease survives the sweep"
+    );
+}
+
+#[tokio::test]
+async fn redis_leases_carry_a_px_expiry() {
+    let server = RedisServer::start();
+    let store = redis_store(&server).await;
+    assert!(store.try_lease("handoff:abc", "h", 5_000).await.unwrap());
+    let mut raw = server.raw().await;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("*lease:handoff:abc")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert_eq!(keys.len(), 1);
+    let pttl: i64 = redis::cmd("PTTL")
+        .arg(&keys[0])
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert!(
+        pttl > 0 && pttl <= 5_000,
+        "lease has a PX expiry (pttl {pttl})"
+    );
+}
