@@ -39,6 +39,14 @@ pub fn host_key(route: &Route) -> String {
     }
 }
 
+/// Whether a route's `from` host has a `*` wildcard (anywhere: `*.example.com`,
+/// `app-*.example.com`, `*`). Pomerium serves such routes only from its catch-all virtual host,
+/// matching `:authority` against the pattern (each `*` = any characters, see
+/// [`crate::eval::wildcard_host_matches`]), after every exact host's own virtual host.
+pub fn is_wildcard_host(route: &Route) -> bool {
+    host_key(route).contains('*')
+}
+
 /// Compiles a checked configuration. Errors (PPL, regexes) all at once.
 pub fn compile(config: &Config) -> Result<Bundle, Diagnostics> {
     compile_with_warnings(config).map(|(b, _)| b)
@@ -117,7 +125,7 @@ pub fn lower(config: &Config, policies: &[RoutePolicy]) -> Bundle {
             uses_identity: p.uses_identity(),
         };
         b.routes.push(route);
-        if host.starts_with('*') {
+        if host.contains('*') {
             b.wildcard_routes.push(i as u32);
         } else {
             hosts.entry(host).or_default().push(i as u32);

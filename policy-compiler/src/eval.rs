@@ -323,6 +323,10 @@ pub struct RouteInfo<'a> {
     pub from: &'a str,
     /// The host key it is indexed under (lower-case, `:port` only when not the default).
     pub host: &'a str,
+    /// The host has a `*` wildcard: Pomerium routes it only from the catch-all virtual host
+    /// (matching `:authority` against the pattern, each `*` = any characters), never from a
+    /// concrete host's virtual host; see [`wildcard_host_matches`].
+    pub wildcard: bool,
     /// `allow_public_unauthenticated_access`. Not a licence to skip evaluation: a public route
     /// still has Pomerium's implicit deny of invalid client certificates and may have `deny`
     /// rules, some on the user (`uses_identity`; e.g. a `deny` on `email` sends signed-out
@@ -762,6 +766,10 @@ pub(crate) struct RouteData {
     pub(crate) name: Box<str>,
     pub(crate) from: Box<str>,
     pub(crate) host: Box<str>,
+    /// `443` for `https` routes, `80` for `http` ones.
+    pub(crate) default_port: &'static str,
+    /// The host has a `*` (then only the catch-all virtual host routes it).
+    pub(crate) wildcard: bool,
     pub(crate) path: PathMatch,
     pub(crate) public: bool,
     pub(crate) pass_identity_headers: bool,
@@ -818,12 +826,59 @@ fn split_port(authority: &str) -> (&str, Option<&str>) {
     }
 }
 
-fn wildcard_matches(pattern: &str, host: &str) -> bool {
-    match pattern.strip_prefix('*') {
-        // `*.example.com` matches any non-empty label(s) before `.example.com` (Envoy).
-        Some(suffix) => host.len() > suffix.len() && host.ends_with(suffix),
-        None => pattern == host,
+/// Does `host` match a route host pattern with `*` wildcards? Pomerium's `WildcardToRegex`
+/// semantics without a regex: each `*` matches any run of characters (possibly empty, dots and
+/// colons included), everything else literally, and the whole host must match. No allocation;
+/// the greedy backtracking walk is O(pattern × host) at worst.
+pub fn wildcard_host_matches(pattern: &str, host: &str) -> bool {
+    let (p, h) = (pattern.as_bytes(), host.as_bytes());
+    let (mut pi, mut hi) = (0usize, 0usize);
+    // After the last `*` seen: (pattern index after it, host index it is retried from).
+    let mut star: Option<(usize, usize)> = None;
+    while let Some(&c) = h.get(hi) {
+        match p.get(pi) {
+            Some(b'*') => {
+                star = Some((pi + 1, hi));
+                pi += 1;
+            }
+            Some(&x) if x == c => {
+                pi += 1;
+                hi += 1;
+            }
+            _ => match star {
+                // Let the last `*` swallow one more character and retry.
+                Some((sp, sh)) => {
+                    pi = sp;
+                    hi = sh + 1;
+                    star = Some((sp, sh + 1));
+                }
+                None => return false,
+            },
+        }
     }
+    p.get(pi..)
+        .is_some_and(|rest| rest.iter().all(|&b| b == b'*'))
+}
+
+/// Does a route host key (`host[:port]`, port only when not the scheme default) with its
+/// scheme's default port accept `authority`? As Pomerium's virtual-host domains: the host, and
+/// `host:<default port of the route's scheme>` when the route names no port.
+fn domain_matches(key: &str, default_port: &str, authority: &str, wildcard: bool) -> bool {
+    let eq = |k: &str, a: &str| {
+        if wildcard {
+            wildcard_host_matches(k, a)
+        } else {
+            k == a
+        }
+    };
+    if eq(key, authority) {
+        return true;
+    }
+    split_port(key).1.is_none()
+        && authority
+            .strip_suffix(default_port)
+            .and_then(|a| a.strip_suffix(':'))
+            .is_some_and(|bare| eq(key, bare))
 }
 
 impl Engine {
@@ -862,21 +917,32 @@ impl Engine {
         self.by_id.get(id).map(|&i| RouteRef(i))
     }
 
-    /// Route lookup by `Host` (may carry `:port`) and raw `:path`: host index first, then the
-    /// host's routes (exact host and wildcard routes merged) in definition order; Envoy path
-    /// normalisation first. First match wins.
+    /// Route lookup by `Host` (may carry `:port`) and raw `:path`, as Pomerium's Envoy
+    /// configuration routes: every concrete host has its own virtual host holding only the
+    /// routes whose `from` names exactly that host (domains: the host, and `host:<scheme
+    /// default port>` when `from` names no port); wildcard routes live only in the catch-all
+    /// virtual host. So when some exact-host route accepts the authority, only those routes
+    /// are consulted (no fall-through to wildcards, even when no path matches); otherwise the
+    /// wildcard routes are, in definition order. The host is lower-cased (a trailing dot is
+    /// not removed: such a host matches no exact route); the path is normalised as Envoy's
+    /// (merge slashes, remove dot segments). First match wins.
     pub fn find_route(&self, authority: &str, path: &str) -> Option<RouteRef> {
         let mut buf = [0u8; MAX_HOST];
-        let host = lower_into(authority.trim_end_matches('.'), &mut buf)?;
+        let host = lower_into(authority, &mut buf)?;
         let (bare, port) = split_port(host);
-        let exact: &[u32] = match self.hosts.get(host) {
-            Some(v) => v,
-            // The scheme's default port is indexed without it.
-            None if matches!(port, Some("443") | Some("80")) => {
-                self.hosts.get(bare).map(|v| &**v).unwrap_or(&[])
-            }
+        let direct: &[u32] = self.hosts.get(host).map_or(&[], |v| v);
+        // Routes indexed under the bare host also own `host:<their scheme's default port>`.
+        let by_default_port: &[u32] = match port {
+            Some(_) => self.hosts.get(bare).map_or(&[], |v| v),
             None => &[],
         };
+        let default_port_ok = |i: u32| {
+            self.routes
+                .get(i as usize)
+                .is_some_and(|r| port == Some(r.default_port))
+        };
+        let exact = !direct.is_empty() || by_default_port.iter().any(|&i| default_port_ok(i));
+
         let norm = path::normalise(path::strip_query(path));
         let query = path.find('?').and_then(|i| path.get(i..)).unwrap_or("");
         let with_query: Cow<'_, str> = if query.is_empty() {
@@ -886,47 +952,50 @@ impl Engine {
         } else {
             Cow::Owned(format!("{norm}{query}"))
         };
-        // Merge the exact-host list and the wildcard list by definition order.
-        let (mut i, mut j) = (0usize, 0usize);
-        loop {
-            let a = exact.get(i).copied();
-            let b = self.wildcard.get(j).copied();
-            let idx = match (a, b) {
-                (None, None) => return None,
-                (Some(x), Some(y)) if x <= y => {
-                    i += 1;
-                    x
-                }
-                (Some(x), None) => {
-                    i += 1;
-                    x
-                }
-                (_, Some(y)) => {
-                    j += 1;
-                    if let Some(r) = self.routes.get(y as usize) {
-                        let h = &*r.host;
-                        let ok = match split_port(h) {
-                            // A pattern with a port matches that exact port.
-                            (_, Some(_)) => wildcard_matches(h, host),
-                            // Without one: no port or the scheme's default, as exact hosts.
-                            (wb, None) => {
-                                matches!(port, None | Some("443") | Some("80"))
-                                    && wildcard_matches(wb, bare)
-                            }
-                        };
-                        if !ok {
+        let path_ok = |i: u32| {
+            self.routes
+                .get(i as usize)
+                .is_some_and(|r| r.path.matches(&with_query, &norm))
+        };
+
+        if exact {
+            // Merge the two (sorted) exact lists in definition order.
+            let (mut a, mut b) = (0usize, 0usize);
+            loop {
+                let x = direct.get(a).copied();
+                let y = by_default_port.get(b).copied();
+                let idx = match (x, y) {
+                    (None, None) => return None,
+                    (Some(x), Some(y)) if x <= y => {
+                        a += 1;
+                        x
+                    }
+                    (Some(x), None) => {
+                        a += 1;
+                        x
+                    }
+                    (_, Some(y)) => {
+                        b += 1;
+                        if !default_port_ok(y) {
                             continue;
                         }
+                        y
                     }
-                    y
+                };
+                if path_ok(idx) {
+                    return Some(RouteRef(idx));
                 }
-            };
-            if let Some(r) = self.routes.get(idx as usize)
-                && r.path.matches(&with_query, &norm)
-            {
-                return Some(RouteRef(idx));
             }
         }
+        self.wildcard
+            .iter()
+            .copied()
+            .find(|&i| {
+                self.routes.get(i as usize).is_some_and(|r| {
+                    domain_matches(&r.host, r.default_port, host, true) && path_ok(i)
+                })
+            })
+            .map(RouteRef)
     }
 
     /// A route's static facts. A foreign/out-of-range handle gives an empty placeholder.
@@ -938,6 +1007,7 @@ impl Engine {
                 name: &d.name,
                 from: &d.from,
                 host: &d.host,
+                wildcard: d.wildcard,
                 public: d.public,
                 pass_identity_headers: d.pass_identity_headers,
                 uses_identity: d.uses_identity,
@@ -948,6 +1018,7 @@ impl Engine {
                 name: "",
                 from: "",
                 host: "",
+                wildcard: false,
                 public: false,
                 pass_identity_headers: false,
                 uses_identity: false,

@@ -149,3 +149,20 @@ fn long_legacy_rules_allocate_nothing() {
     let (d, n) = count(|| e.evaluate(r, &req, Some(&other)));
     assert_eq!((d, n), (Decision::Deny(DenyReason::NotAllowed), 0));
 }
+
+#[test]
+fn wildcard_route_lookup_allocates_nothing() {
+    let yaml = "routes:\n  - from: https://a.example.com\n    to: http://up\n    allow_public_unauthenticated_access: true\n  - from: https://app-*.*.example.com\n    to: http://up\n    allow_public_unauthenticated_access: true\n";
+    let loaded = policy_compiler::config::load_str("w.yaml", yaml, &|_| None).unwrap();
+    let e = Engine::from_bytes(&compile::compile(&loaded.config).unwrap().to_bytes()).unwrap();
+    for (host, want) in [
+        ("app-x.eu.example.com", true),
+        ("app-x.eu.example.com:443", true),
+        ("a.example.com:443", true),
+        ("api.eu.example.com", false),
+    ] {
+        let (route, n) = count(|| e.find_route(host, "/x"));
+        assert_eq!(n, 0, "find_route({host}) allocated");
+        assert_eq!(route.is_some(), want, "{host}");
+    }
+}

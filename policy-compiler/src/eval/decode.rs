@@ -160,11 +160,18 @@ pub(super) fn from_bundle(b: bundle::Bundle) -> Result<Engine, BundleError> {
         };
         let allow = terms(&r.allow)?;
         let deny = terms(&r.deny)?;
+        let from = st.get(r.from_str)?;
+        let host = st.get(r.host_str)?;
+        let is_http = from
+            .get(..7)
+            .is_some_and(|s| s.eq_ignore_ascii_case("http://"));
         routes.push(RouteData {
             id: st.get(r.id_str)?,
             name: st.get(r.name_str)?,
-            from: st.get(r.from_str)?,
-            host: st.get(r.host_str)?,
+            default_port: if is_http { "80" } else { "443" },
+            wildcard: host.contains('*'),
+            from,
+            host,
             path,
             public: r.public,
             pass_identity_headers: r.pass_identity_headers,

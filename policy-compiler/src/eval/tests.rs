@@ -50,10 +50,13 @@ impl B {
         deny: Vec<u32>,
     ) {
         let origin = self.s("test");
+        // `host` may carry an `http://` scheme (else the route is `https`).
+        let from = host;
+        let host = host.strip_prefix("http://").unwrap_or(host);
         let r = bundle::Route {
             id_str: self.s(id),
             name_str: self.s(id),
-            from_str: self.s(host),
+            from_str: self.s(from),
             host_str: self.s(host),
             path_kind: kind as i32,
             path_str: self.s(p),
@@ -75,7 +78,7 @@ impl B {
         };
         let idx = self.b.routes.len() as u32;
         self.b.routes.push(r);
-        if host.starts_with('*') {
+        if host.contains('*') {
             self.b.wildcard_routes.push(idx);
         } else {
             let h = self.s(host);
@@ -128,11 +131,13 @@ fn email_rule_allows_denies_and_asks_for_login() {
 }
 
 #[test]
-fn route_lookup_merges_wildcards_in_definition_order() {
+fn route_lookup_exact_hosts_shadow_wildcards() {
     let mut b = B::default();
     let a = b.node(NodeKind::Accept, vec![], vec![], "accept");
     let a2 = b.node(NodeKind::Accept, vec![], vec![], "accept");
     let a3 = b.node(NodeKind::Accept, vec![], vec![], "accept");
+    let a4 = b.node(NodeKind::Accept, vec![], vec![], "accept");
+    let a5 = b.node(NodeKind::Accept, vec![], vec![], "accept");
     b.route(
         "admin",
         "app.example.com",
@@ -150,6 +155,22 @@ fn route_lookup_merges_wildcards_in_definition_order() {
         vec![a3],
         vec![],
     );
+    b.route(
+        "api",
+        "b.example.com",
+        PathKind::Prefix,
+        "/api",
+        vec![a4],
+        vec![],
+    );
+    b.route(
+        "plain",
+        "http://c.example.com",
+        PathKind::Any,
+        "",
+        vec![a5],
+        vec![],
+    );
     let eng = b.engine();
     let id = |h: &str, p: &str| eng.find_route(h, p).map(|r| eng.route(r).id.to_string());
     assert_eq!(id("app.example.com", "/admin/x").as_deref(), Some("admin"));
@@ -158,13 +179,100 @@ fn route_lookup_merges_wildcards_in_definition_order() {
         Some("admin")
     );
     assert_eq!(id("app.example.com", "//admin").as_deref(), Some("admin"));
-    assert_eq!(id("app.example.com", "/other").as_deref(), Some("wild"));
+    // The host has exact routes: the wildcard route defined before `app` is not consulted.
+    assert_eq!(id("app.example.com", "/other").as_deref(), Some("app"));
+    assert_eq!(id("app.example.com:443", "/other").as_deref(), Some("app"));
+    // No fall-through from a concrete host's routes to the wildcards.
+    assert_eq!(id("b.example.com", "/x"), None);
+    assert_eq!(id("b.example.com", "/api/v1").as_deref(), Some("api"));
     assert_eq!(id("x.y.example.com", "/").as_deref(), Some("wild"));
     assert_eq!(id("x.example.com:443", "/").as_deref(), Some("wild"));
+    // Only the scheme's own default port is implied.
+    assert_eq!(id("x.example.com:80", "/"), None);
+    assert_eq!(id("app.example.com:80", "/"), None);
+    assert_eq!(id("c.example.com:80", "/").as_deref(), Some("plain"));
+    assert_eq!(id("c.example.com", "/").as_deref(), Some("plain"));
+    // `c.example.com:443` is no domain of the `http` route: the catch-all's wildcard takes it.
+    assert_eq!(id("c.example.com:443", "/").as_deref(), Some("wild"));
     assert_eq!(id("x.example.com:8443", "/"), None);
     assert_eq!(id("app.example.com:8443", "/admin"), None);
+    // A trailing dot is another host (Envoy does not strip it).
+    assert_eq!(id("app.example.com.", "/other"), None);
     assert_eq!(id("example.com", "/"), None);
     assert_eq!(id("other.org", "/"), None);
+    assert!(eng.route(eng.route_by_id("wild").unwrap()).wildcard);
+    assert!(!eng.route(eng.route_by_id("app").unwrap()).wildcard);
+}
+
+#[test]
+fn wildcards_anywhere_in_the_host_in_definition_order() {
+    let mut b = B::default();
+    let acc = |b: &mut B| b.node(NodeKind::Accept, vec![], vec![], "accept");
+    let n: Vec<u32> = (0..5).map(|_| acc(&mut b)).collect();
+    b.route(
+        "mid",
+        "app-*.example.com",
+        PathKind::Any,
+        "",
+        vec![n[0]],
+        vec![],
+    );
+    b.route(
+        "twostar",
+        "*.*.example.org",
+        PathKind::Any,
+        "",
+        vec![n[1]],
+        vec![],
+    );
+    b.route(
+        "broad",
+        "*.example.net",
+        PathKind::Any,
+        "",
+        vec![n[2]],
+        vec![],
+    );
+    b.route(
+        "narrow",
+        "*.b.example.net",
+        PathKind::Any,
+        "",
+        vec![n[3]],
+        vec![],
+    );
+    b.route("star", "*", PathKind::Prefix, "/star", vec![n[4]], vec![]);
+    let eng = b.engine();
+    let id = |h: &str, p: &str| eng.find_route(h, p).map(|r| eng.route(r).id.to_string());
+    assert_eq!(id("app-x.example.com", "/").as_deref(), Some("mid"));
+    assert_eq!(id("app-.example.com", "/").as_deref(), Some("mid"));
+    assert_eq!(id("app-x.example.com:443", "/").as_deref(), Some("mid"));
+    assert_eq!(id("api-x.example.com", "/"), None);
+    assert_eq!(id("a.b.example.org", "/").as_deref(), Some("twostar"));
+    assert_eq!(id("b.example.org", "/"), None);
+    // Definition order among wildcards, not specificity.
+    assert_eq!(id("x.b.example.net", "/").as_deref(), Some("broad"));
+    assert_eq!(id("anything:9", "/star").as_deref(), Some("star"));
+    assert_eq!(id("anything", "/"), None);
+}
+
+#[test]
+fn wildcard_host_matching() {
+    let m = wildcard_host_matches;
+    assert!(m("*.example.com", "a.example.com"));
+    assert!(m("*.example.com", "a.b.example.com"));
+    assert!(m("*.example.com", ".example.com")); // `(.*)` may be empty, as Pomerium's regex
+    assert!(!m("*.example.com", "example.com"));
+    assert!(!m("*.example.com", "a.example.com:443"));
+    assert!(!m("*.example.com", "a.example.com."));
+    assert!(m("a*b*c", "abc"));
+    assert!(m("a*b*c", "axxbyyc"));
+    assert!(m("a*b*c", "abcbc"));
+    assert!(!m("a*b*c", "abcb"));
+    assert!(m("*", ""));
+    assert!(m("**", "x"));
+    assert!(!m("x", ""));
+    assert!(m("", ""));
 }
 
 #[test]
