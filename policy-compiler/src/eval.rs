@@ -72,9 +72,9 @@ pub struct Request<'a> {
     pub method: &'a str,
     /// Raw `:path`, query included (the evaluator strips, normalises and decodes it).
     pub path: &'a str,
-    /// `Origin` header, if present.
+    /// `Origin` header, if present (an empty value counts as absent for `cors_preflight`).
     pub origin: Option<&'a str>,
-    /// `Access-Control-Request-Method` header, if present.
+    /// `Access-Control-Request-Method` header, if present (empty counts as absent).
     pub access_control_request_method: Option<&'a str>,
     /// The downstream client certificate.
     pub client_certificate: ClientCertificate<'a>,
@@ -1305,9 +1305,13 @@ impl<'e, 'r> Cx<'e, 'r> {
                 )
             }
             Node::CorsPreflight => Self::plain(
+                // Pomerium: `count(header) > 0`, so an empty header is no header.
                 self.req.method == "OPTIONS"
-                    && self.req.access_control_request_method.is_some()
-                    && self.req.origin.is_some(),
+                    && self
+                        .req
+                        .access_control_request_method
+                        .is_some_and(|v| !v.is_empty())
+                    && self.req.origin.is_some_and(|v| !v.is_empty()),
                 Reason::CorsRequest,
                 Reason::NonCorsRequest,
             ),

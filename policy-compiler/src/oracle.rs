@@ -284,8 +284,10 @@ pub fn criterion(c: &Criterion, req: &Request<'_>, s: Option<&Subject>) -> Res {
         }
         CriterionKind::CorsPreflight => plain(
             req.method == "OPTIONS"
-                && req.access_control_request_method.is_some()
-                && req.origin.is_some(),
+                && req
+                    .access_control_request_method
+                    .is_some_and(|v| !v.is_empty())
+                && req.origin.is_some_and(|v| !v.is_empty()),
             "cors-request",
             "non-cors-request",
         ),

@@ -149,6 +149,15 @@ fn cors_only_route_gives_403_not_login() {
         ..Request::new("OPTIONS", "/", 0)
     };
     assert_eq!(t.req(&half, None), NOT_ALLOWED);
+    // Empty headers do not count (Pomerium: `count(...) > 0`).
+    for (origin, acrm) in [("", "POST"), ("https://other.example", ""), ("", "")] {
+        let empty = Request {
+            origin: Some(origin),
+            access_control_request_method: Some(acrm),
+            ..Request::new("OPTIONS", "/", 0)
+        };
+        assert_eq!(t.req(&empty, None), NOT_ALLOWED, "{origin:?} {acrm:?}");
+    }
 }
 
 #[test]
