@@ -7,8 +7,19 @@
 //! | method + path | query | answer |
 //! |---|---|---|
 //! | `GET` [`PATH_SESSION`] | `id=<session id>&aud=<route host>` | 200 [`SessionResponse`] (`found=false` for unknown/expired ids) |
-//! | `GET` [`PATH_CHANGES`] | `since=<version>&wait_ms=<long-poll ms, ≤ 30000>` | 200 [`ChangesResponse`] as soon as something changed after `since`, or when `wait_ms` runs out |
+//! | `GET` [`PATH_CHANGES`] | `since=<version>&wait_ms=<long-poll ms, ≤ 30000>[&epoch=<epoch>][&bundle=<version>]` | 200 [`ChangesResponse`] as soon as something changed after `since`, or when `wait_ms` runs out |
 //! | `GET` [`PATH_BUNDLE`] | — | 200 the current policy bundle (`policy-compiler` output), header [`HEADER_BUNDLE_VERSION`] |
+//!
+//! Change-stream cursors: `since` is the `version` of the previous answer. `since=0` is
+//! an ordinary cursor, not "from now": an empty store is at 0, so the answer carries the
+//! whole retained history (or `reset` if it was trimmed) — a client starting at 0 never
+//! misses a session created and deleted before its first answer. A version is only
+//! meaningful within its [`ChangesResponse::epoch`]: **a client that sees a different
+//! `epoch` than in its previous answer must treat the answer as `reset`** (drop every
+//! cached session, then continue from the new `version`), because a restarted memory
+//! sidecar or a flushed Redis can climb past the client's cursor before it polls, so
+//! `since > version` alone cannot detect it. Passing the last seen epoch as `epoch=`
+//! makes the sidecar answer at once with `reset=true` when it differs.
 //!
 //! The policy view is what the filter needs and nothing more: no access or refresh
 //! tokens ever leave the sidecar.
@@ -128,6 +139,12 @@ pub struct SessionView {
     /// Precomputed `jwt_claims_headers` for this session.
     #[prost(message, repeated, tag = "8")]
     pub claim_headers: Vec<Header>,
+    /// The OAuth client (`idp_client_id`) the session was created with (the default
+    /// client's id for logins through routes without their own client). A route with its
+    /// own `idp_client_id` must only accept sessions of that client: a session of another
+    /// client never went through this client's IdP app assignment.
+    #[prost(string, tag = "9")]
+    pub client_id: String,
 }
 
 /// Answer to [`PATH_SESSION`].
@@ -162,9 +179,15 @@ pub struct ChangesResponse {
     /// Version of the current policy bundle; fetch [`PATH_BUNDLE`] when it differs.
     #[prost(string, tag = "4")]
     pub bundle_version: String,
-    /// `since` is older than the sidecar's history: drop every cached session.
+    /// `since` is older than the sidecar's history (or newer than its version, or the
+    /// request's `epoch=` differs): drop every cached session.
     #[prost(bool, tag = "5")]
     pub reset: bool,
+    /// Identity of the version sequence (random per memory store lifetime; for Redis a
+    /// persisted random key that a flush replaces). Cursors of one epoch mean nothing in
+    /// another: a different epoch than last time must be treated as `reset`.
+    #[prost(string, tag = "6")]
+    pub epoch: String,
 }
 
 #[cfg(test)]
@@ -198,6 +221,7 @@ mod tests {
                     }],
                 }],
                 version: 3,
+                client_id: "client-a".into(),
                 ..Default::default()
             }),
             identity_jwt: "a.b.c".into(),

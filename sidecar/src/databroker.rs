@@ -119,6 +119,11 @@ pub struct Changes {
     /// `since` is outside the retained history (too old, or from before a restart of a
     /// memory store): the reader must drop everything it cached.
     pub reset: bool,
+    /// Identity of the version sequence: random per memory store lifetime, and for Redis
+    /// a persisted random key (a flushed Redis gets a new one). Versions of different
+    /// epochs are unrelated: a reader that sees the epoch change must drop everything
+    /// (even when its cursor happens to look valid).
+    pub epoch: String,
 }
 
 /// A backend failure (Redis down, corrupt entry). Never contains record contents.
@@ -213,6 +218,20 @@ pub trait Store: Send + Sync {
 
     /// Is the backend reachable (for `/readyz`)?
     fn ping(&self) -> BoxFuture<'_, StoreResult<()>>;
+}
+
+/// A fresh random epoch: 16 random bytes, hex (falls back to the clock if the OS has no
+/// randomness, which only weakens uniqueness, never safety: any change still resets).
+pub fn new_epoch() -> String {
+    let mut b = [0u8; 16];
+    if getrandom::fill(&mut b).is_err() {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        b = t.to_le_bytes();
+    }
+    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// Current unix time in seconds.

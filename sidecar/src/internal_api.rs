@@ -172,6 +172,9 @@ struct ChangesQuery {
     /// The bundle version the caller has; a different current version answers at once.
     #[serde(default)]
     bundle: Option<String>,
+    /// The epoch of the caller's cursor; a different current epoch answers `reset` at once.
+    #[serde(default)]
+    epoch: Option<String>,
 }
 
 async fn changes(
@@ -187,7 +190,8 @@ async fn changes(
     let mut bundles = state.bundle.subscribe();
     let bundle_at_start = state.bundle.current().version.clone();
 
-    let mut resp = read_changes(&state, q.since).await?;
+    let caller_epoch = q.epoch.as_deref().filter(|e| !e.is_empty());
+    let mut resp = read_changes(&state, q.since, caller_epoch).await?;
     let caller_bundle_stale = q.bundle.as_ref().is_some_and(|b| *b != resp.bundle_version);
     let has_news = resp.reset || !resp.changed.is_empty() || !resp.deleted.is_empty();
     if has_news || caller_bundle_stale || wait.is_zero() {
@@ -205,7 +209,7 @@ async fn changes(
             // A watch sender went away (shutting down): just sit out the wait.
             tokio::time::sleep_until(deadline).await;
         }
-        resp = read_changes(&state, since).await?;
+        resp = read_changes(&state, since, caller_epoch).await?;
         let has_news = resp.reset
             || !resp.changed.is_empty()
             || !resp.deleted.is_empty()
@@ -218,9 +222,19 @@ async fn changes(
 }
 
 /// The filter-relevant changes after `since`: session ids, last operation wins.
-async fn read_changes(state: &AppState, since: u64) -> Result<ChangesResponse, AppError> {
+async fn read_changes(
+    state: &AppState,
+    since: u64,
+    caller_epoch: Option<&str>,
+) -> Result<ChangesResponse, AppError> {
     let bundle_version = state.bundle.current().version.clone();
-    let ch = state.store.changes_since(since).await?;
+    let mut ch = state.store.changes_since(since).await?;
+    if caller_epoch.is_some_and(|e| e != ch.epoch) {
+        // The caller's cursor is from another version sequence (restart, flush): its
+        // number may look valid here, but nothing after it is known.
+        ch.reset = true;
+        ch.changes.clear();
+    }
     // No special case for `since=0`: 0 is a real cursor (an empty store), and a follower
     // at 0 must still learn of every session created *and deleted* before its next poll.
     let mut last: HashMap<&str, (u64, bool)> = HashMap::new();
@@ -233,6 +247,7 @@ async fn read_changes(state: &AppState, since: u64) -> Result<ChangesResponse, A
         version: ch.version,
         bundle_version,
         reset: ch.reset,
+        epoch: ch.epoch,
         ..Default::default()
     };
     for (id, (_, deleted)) in entries {

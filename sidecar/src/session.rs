@@ -153,6 +153,7 @@ impl Session {
             expires_at: self.expires_at,
             version: self.version,
             claim_headers,
+            client_id: self.client_id.clone(),
         }
     }
 }

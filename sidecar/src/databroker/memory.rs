@@ -70,6 +70,9 @@ impl Inner {
 pub struct MemoryStore {
     inner: Mutex<Inner>,
     tx: watch::Sender<u64>,
+    /// Random per store lifetime: a restarted sidecar has a new one, so followers reset
+    /// even if the new store's version already climbed past their cursor.
+    epoch: String,
 }
 
 impl Default for MemoryStore {
@@ -84,6 +87,7 @@ impl MemoryStore {
         MemoryStore {
             inner: Mutex::new(Inner::default()),
             tx: watch::Sender::new(0),
+            epoch: super::new_epoch(),
         }
     }
 
@@ -226,6 +230,7 @@ impl Store for MemoryStore {
                     version: i.version,
                     changes: Vec::new(),
                     reset: true,
+                    epoch: self.epoch.clone(),
                 };
             }
             Changes {
@@ -237,6 +242,7 @@ impl Store for MemoryStore {
                     .cloned()
                     .collect(),
                 reset: false,
+                epoch: self.epoch.clone(),
             }
         });
         Box::pin(async move { Ok(r) })

@@ -8,7 +8,10 @@
 //!   `own:{kind}:{owner}` (set of ids);
 //! - `log` — zset of `"{version}|{kind}|{p|d}|{id}"` scored by version, trimmed to
 //!   [`CHANGE_LOG_LEN`]; `floor` — the highest trimmed version;
-//! - `lease:{name}` — `SET NX PX` leases.
+//! - `lease:{name}` — `SET NX PX` leases;
+//! - `epoch` — random id of this version sequence, created with `SET NX` (at connect, and
+//!   again by the first reader after a `FLUSHALL` removed it): followers that see it
+//!   change reset, even if the new counter already climbed past their cursor.
 //!
 //! Every write is one Lua script, so version, record, indexes and log entry commit
 //! atomically. Followers learn of changes by polling `version` every
@@ -190,6 +193,7 @@ impl RedisStore {
             tx: watch::Sender::new(v.unwrap_or(0)),
             lag_ms: AtomicI64::new(0),
         });
+        ensure_epoch(&mut con, key_prefix).await?;
         let poller = tokio::spawn(poll_version(
             con.clone(),
             format!("{key_prefix}version"),
@@ -238,6 +242,27 @@ impl RedisStore {
             .map_err(backend)?;
         Ok(parse_record(kind, id, h, now_unix()))
     }
+}
+
+/// The epoch, creating a new random one if there is none (fresh or flushed Redis).
+/// `SET NX` so concurrent replicas agree on one.
+async fn ensure_epoch(con: &mut ConnectionManager, prefix: &str) -> StoreResult<String> {
+    let key = format!("{prefix}epoch");
+    let _: Option<String> = redis::cmd("SET")
+        .arg(&key)
+        .arg(super::new_epoch())
+        .arg("NX")
+        .query_async(con)
+        .await
+        .map_err(backend)?;
+    let e: Option<String> = redis::cmd("GET")
+        .arg(&key)
+        .query_async(con)
+        .await
+        .map_err(backend)?;
+    // Deleted again between the two commands (another FLUSHALL): an empty epoch differs
+    // from any real one, so followers still reset.
+    Ok(e.unwrap_or_default())
 }
 
 fn field<T: std::str::FromStr>(h: &HashMap<String, Vec<u8>>, name: &str) -> Option<T> {
@@ -492,7 +517,8 @@ impl Store for RedisStore {
         Box::pin(async move {
             let mut con = self.con.clone();
             let p = &self.prefix;
-            let (version, floor, members): (Option<u64>, Option<u64>, Vec<String>) = redis::pipe()
+            type Read = (Option<u64>, Option<u64>, Vec<String>, Option<String>);
+            let (version, floor, members, epoch): Read = redis::pipe()
                 .atomic()
                 .cmd("GET")
                 .arg(format!("{p}version"))
@@ -502,9 +528,15 @@ impl Store for RedisStore {
                 .arg(format!("{p}log"))
                 .arg(format!("({since}"))
                 .arg("+inf")
+                .cmd("GET")
+                .arg(format!("{p}epoch"))
                 .query_async(&mut con)
                 .await
                 .map_err(backend)?;
+            let epoch = match epoch {
+                Some(e) => e,
+                None => ensure_epoch(&mut con, p).await?,
+            };
             let version = version.unwrap_or(0);
             self.saw(version);
             if since > version || since < floor.unwrap_or(0) {
@@ -512,12 +544,14 @@ impl Store for RedisStore {
                     version,
                     changes: Vec::new(),
                     reset: true,
+                    epoch,
                 });
             }
             Ok(Changes {
                 version,
                 changes: members.iter().filter_map(|m| parse_log_entry(m)).collect(),
                 reset: false,
+                epoch,
             })
         })
     }

@@ -102,6 +102,10 @@ async fn session_view_and_cached_identity_jwt() {
     );
     assert_eq!(view.version, s.version);
     assert_eq!(
+        view.client_id, CLIENT,
+        "the view names the session's OAuth client (routes with their own client compare it)"
+    );
+    assert_eq!(
         view_strings(&view, "groups").unwrap(),
         vec!["admins", "users"]
     );
@@ -456,4 +460,51 @@ async fn a_follower_at_cursor_zero_misses_nothing_and_does_not_spin() {
         ChangesResponse::decode(body.as_slice()).unwrap().changed,
         vec![s2.id]
     );
+}
+
+#[tokio::test]
+async fn a_restarted_store_is_detected_by_its_epoch_even_past_the_cursor() {
+    let idp = FakeIdp::new();
+    idp.add_user("ue", "ue@example.com", &[]);
+    let before = app(memory_store(), idp.clone(), settings());
+    login(&before, &idp, "ue", Default::default()).await;
+    let (_, _, body) = authed(&before, "/.portcullis/v1/changes?since=0").await;
+    let old = ChangesResponse::decode(body.as_slice()).unwrap();
+    assert!(!old.epoch.is_empty());
+    assert_eq!(old.version, 2, "the session and the user record");
+    // Same store, same epoch.
+    let (_, _, body) = authed(&before, "/.portcullis/v1/changes?since=2").await;
+    assert_eq!(
+        ChangesResponse::decode(body.as_slice()).unwrap().epoch,
+        old.epoch
+    );
+
+    // "Restart": a new memory store that climbs past the follower's cursor before it polls.
+    let after = app(memory_store(), idp.clone(), settings());
+    for _ in 0..3 {
+        login(&after, &idp, "ue", Default::default()).await;
+    }
+    let (_, _, body) = authed(&after, "/.portcullis/v1/changes?since=2").await;
+    let r = ChangesResponse::decode(body.as_slice()).unwrap();
+    assert!(!r.reset, "the cursor alone looks valid here…");
+    assert_ne!(r.epoch, old.epoch, "…but the epoch tells the restart apart");
+    // A caller that passes its epoch gets an explicit, immediate reset.
+    let t = Instant::now();
+    let uri = format!(
+        "/.portcullis/v1/changes?since=2&wait_ms=5000&epoch={}",
+        old.epoch
+    );
+    let (_, _, body) = authed(&after, &uri).await;
+    let r = ChangesResponse::decode(body.as_slice()).unwrap();
+    assert!(r.reset && r.changed.is_empty() && r.deleted.is_empty());
+    assert!(t.elapsed() < Duration::from_secs(2), "answered at once");
+    // The matching epoch is an ordinary poll.
+    let uri = format!(
+        "/.portcullis/v1/changes?since=2&wait_ms=0&epoch={}",
+        r.epoch
+    );
+    let (_, _, body) = authed(&after, &uri).await;
+    let r2 = ChangesResponse::decode(body.as_slice()).unwrap();
+    assert!(!r2.reset);
+    assert_eq!(r2.changed.len(), 2);
 }

@@ -386,6 +386,67 @@ suite!(change_stream, change_stream_reports_and_wakes);
 suite!(ttl, ttl_expiry);
 suite!(owners_due_leases, owners_due_and_leases);
 suite!(trimmed_history, trimmed_history_resets_old_cursors);
+suite!(epoch, epoch_is_stable_within_a_store);
+
+async fn epoch_is_stable_within_a_store(store: Arc<dyn Store>) {
+    let e = store.changes_since(0).await.unwrap().epoch;
+    assert!(e.len() >= 16, "a random epoch: {e:?}");
+    store
+        .put(put(Kind::Session, "eeeeeeeeeeeeeeee1", "u", Expect::Any))
+        .await
+        .unwrap();
+    let ch = store.changes_since(0).await.unwrap();
+    assert_eq!(ch.epoch, e);
+    assert_eq!(
+        store.changes_since(99).await.unwrap().epoch,
+        e,
+        "also on reset"
+    );
+}
+
+#[tokio::test]
+async fn memory_stores_have_distinct_epochs() {
+    let a = memory_store().changes_since(0).await.unwrap().epoch;
+    let b = memory_store().changes_since(0).await.unwrap().epoch;
+    assert_ne!(a, b);
+}
+
+#[tokio::test]
+async fn redis_epoch_is_shared_and_a_flush_makes_a_new_one() {
+    let server = RedisServer::start();
+    let a = redis_store(&server).await;
+    let b = redis_store(&server).await;
+    let e = a.changes_since(0).await.unwrap().epoch;
+    assert_eq!(b.changes_since(0).await.unwrap().epoch, e, "replicas agree");
+    for i in 0..3 {
+        a.put(put(
+            Kind::Session,
+            &format!("ffffffffffffffff{i}"),
+            "u",
+            Expect::Any,
+        ))
+        .await
+        .unwrap();
+    }
+    let cursor = a.changes_since(0).await.unwrap().version;
+    let mut raw = server.raw().await;
+    let _: () = redis::cmd("FLUSHALL").query_async(&mut raw).await.unwrap();
+    // The flushed Redis climbs past the follower's cursor before it polls again.
+    for i in 0..5 {
+        b.put(put(
+            Kind::Session,
+            &format!("gggggggggggggggg{i}"),
+            "u",
+            Expect::Any,
+        ))
+        .await
+        .unwrap();
+    }
+    let ch = a.changes_since(cursor).await.unwrap();
+    assert!(ch.version > cursor);
+    assert_ne!(ch.epoch, e, "a flush is a new epoch");
+    assert_eq!(b.changes_since(cursor).await.unwrap().epoch, ch.epoch);
+}
 
 #[tokio::test]
 async fn memory_encrypted_at_rest() {
