@@ -212,12 +212,20 @@ async fn sessions_decide_on_their_own_claims(mut o: Options) -> Result<()> {
     for (name, s) in [("first", &mut s1), ("second", &mut s2)] {
         let own = verified_claims(&s.get(&stack.verify("/")).await?)?;
         let has_admins = groups(&own).contains(&"admins".to_owned());
-        for _ in 0..6 {
-            let r = s.get(&stack.vault("/admin/x")).await?;
-            let allowed = match r.status {
+        // Fresh connections, so both workers decide (checked with Envoy's counters).
+        let url = stack.vault("/admin/x");
+        let before = stack.envoy.worker_connections().await?;
+        let statuses = fresh_connection_statuses(&url, &s.cookies_for(&url), 12).await?;
+        let after = stack.envoy.worker_connections().await?;
+        ensure!(
+            after.iter().zip(&before).all(|(a, b)| a > b),
+            "the probes did not reach both workers: {before:?} → {after:?}"
+        );
+        for st in statuses {
+            let allowed = match st {
                 200 => true,
                 403 => false,
-                other => bail!("{name} session: unexpected {other} on /admin: {}", r.body),
+                other => bail!("{name} session: unexpected {other} on /admin"),
             };
             ensure!(
                 allowed == has_admins,
@@ -444,21 +452,30 @@ async fn policy_reload_without_envoy_restart(o: Options) -> Result<()> {
     // Edit the policy: /admin now needs `staff`; rebuild the bundle.
     stack.set_admin_group("staff")?;
     let edited = Instant::now();
+    let url = stack.vault("/admin/x");
+    let cookie = bob.cookies_for(&url);
+    // Every worker takes the new bundle (from whichever sidecar replica it polls): wait
+    // until a run of fresh connections that reached both workers is all allowed.
     wait_until(
-        "bob allowed on /admin after the policy edit",
+        "bob allowed on /admin by every worker after the policy edit",
         Duration::from_secs(20),
         || async {
-            let r = bob.get(&stack.vault("/admin/x")).await?;
-            Ok((r.status == 200).then_some(()))
+            let before = stack.envoy.worker_connections().await?;
+            let st = fresh_connection_statuses(&url, &cookie, 8).await?;
+            let after = stack.envoy.worker_connections().await?;
+            let both_workers = after.len() == 2 && after.iter().zip(&before).all(|(a, b)| a > b);
+            Ok((both_workers && st.iter().all(|s| *s == 200)).then_some(()))
         },
     )
     .await?;
-    println!("policy edit → new decision after {:?}", edited.elapsed());
-    // Stays allowed (every worker has the new bundle), Envoy never restarted.
-    for _ in 0..10 {
-        let r = bob.get(&stack.vault("/admin/x")).await?;
-        verified_claims(&r)?;
-    }
+    println!(
+        "policy edit → new decision on every worker after {:?}",
+        edited.elapsed()
+    );
+    // And it stays so (no worker goes back to the old bundle); Envoy never restarted.
+    let st = fresh_connection_statuses(&url, &cookie, 20).await?;
+    ensure!(st.iter().all(|s| *s == 200), "after the switch: {st:?}");
+    verified_claims(&bob.get(&url).await?)?;
     stack.envoy.proc.check_alive()?;
     ensure!(stack.envoy.proc.pid() == envoy_pid);
     Ok(())
