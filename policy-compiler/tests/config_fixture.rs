@@ -1,7 +1,6 @@
 //! Real-world input: the Azure/vaultwarden config from a Pomerium issue report
 //! (`/work/shared/reference/issue-claims-not-refreshed.txt`, indentation restored) loads.
 #![cfg(feature = "frontend")]
-
 // Test helpers outside #[test] fns: panicking on a broken fixture is the point.
 #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
 

@@ -3,7 +3,6 @@
 //! compared with the insta snapshot `tests/snapshots/config_golden__<name>.snap`.
 //! Review changes with `cargo insta review` (or `INSTA_UPDATE=always` then `git diff`).
 #![cfg(feature = "frontend")]
-
 // Test helpers outside #[test] fns: panicking on a broken fixture is the point.
 #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
 

@@ -228,8 +228,8 @@ pub(crate) const IGNORED_ROUTE: &[&str] = &[
 ];
 
 /// Route options that turn a route into something other than a proxied HTTP route
-/// (`redirect`, direct `response`): Portcullis does not implement them, so such a route is
-/// dropped with a warning rather than served wrongly.
+/// (`redirect`, direct `response`): Portcullis does not implement them, and dropping such a
+/// route would silently re-route its requests, so they are errors.
 pub(crate) const UNSUPPORTED_ROUTE_ACTIONS: &[&str] = &["redirect", "response"];
 
 /// Route options Pomerium removed and refuses.

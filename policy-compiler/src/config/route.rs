@@ -56,7 +56,7 @@ pub(crate) const ROUTE_KEYS: &[&str] = &[
 pub(crate) enum Outcome {
     /// A checked route.
     Route(Box<Route>),
-    /// A valid Pomerium route Portcullis does not serve (TCP, redirect, …): warned.
+    /// A valid Pomerium route Portcullis does not serve (TCP, UDP, SSH): warned.
     Dropped,
     /// Errors were reported.
     Invalid,
@@ -80,7 +80,8 @@ pub(crate) fn parse_route(
     };
     let errors_before = r.diags.errors().count();
     let mut f: HashMap<&str, (&Spanned<String>, &Spanned<Value>)> = HashMap::new();
-    let mut dropped = false;
+    // `redirect` / `response` routes need no `to` in Pomerium: no second error for them.
+    let mut unsupported_action = false;
     for (k, val) in entries {
         let key = k.value.as_str();
         if ROUTE_KEYS.contains(&key) {
@@ -91,11 +92,18 @@ pub(crate) fn parse_route(
         } else if let Some((_, why)) = REMOVED_ROUTE.iter().find(|(n, _)| *n == key) {
             r.err(k.span, *why);
         } else if UNSUPPORTED_ROUTE_ACTIONS.contains(&key) {
-            r.warn(
+            // Dropping the route would silently hand its requests to the next matching route
+            // (e.g. a `response: 403` guarding `/admin` in front of a public catch-all).
+            let what = if key == "redirect" {
+                "redirect"
+            } else {
+                "direct-response"
+            };
+            r.err(
                 k.span,
-                format!("route uses `{key}`, which portcullis does not implement; route ignored"),
+                format!("`{key}` routes are not supported by Portcullis (Pomerium's {what} routes); serve it from an upstream instead"),
             );
-            dropped = true;
+            unsupported_action = true;
         } else if IGNORED_ROUTE.contains(&key) {
             r.warn(
                 k.span,
@@ -132,14 +140,13 @@ pub(crate) fn parse_route(
             }
         },
     };
-    if dropped {
-        return Outcome::Dropped;
-    }
 
     // to
     let to = match f.get("to") {
         None => {
-            r.err(v.span, "route is missing `to`");
+            if !unsupported_action {
+                r.err(v.span, "route is missing `to`");
+            }
             Vec::new()
         }
         Some((_, tv)) => parse_to(r, tv),
