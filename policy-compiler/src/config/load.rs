@@ -1,6 +1,6 @@
 //! The loader: file + environment + defaults → [`Config`].
 
-use super::names::{IGNORED_TOP, REMOVED, REMOVED_TOP};
+use super::names::{IGNORED_TOP, MTLS_TOP, REMOVED, REMOVED_TOP};
 use super::read::{Reader, split_list};
 use super::route::{Outcome, check_header_names, parse_route, unknown_field};
 use super::{
@@ -161,7 +161,7 @@ impl Loader<'_> {
                     if let Some((name, _)) = TOP.iter().find(|(n, _)| *n == key) {
                         self.values.insert(name, (file.to_owned(), v.clone()));
                     } else if let Some((_, why)) = REMOVED_TOP.iter().find(|(n, _)| *n == key) {
-                        let msg = if *why == REMOVED {
+                        let msg = if *why == REMOVED || *why == MTLS_TOP {
                             format!("option `{key}` {why}")
                         } else {
                             (*why).to_owned()

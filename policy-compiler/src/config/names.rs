@@ -73,7 +73,6 @@ pub(crate) const IGNORED_TOP: &[&str] = &[
     "envoy_bind_config_source_address",
     "envoy_bind_config_freebind",
     "codec_type",
-    "downstream_mtls",
     "client_crl",
     "cookie_refresh",
     "refresh_cooldown",
@@ -118,8 +117,10 @@ pub(crate) const IGNORED_TOP: &[&str] = &[
     "mcp_allowed_client_id_domains",
 ];
 
-/// Top-level options Pomerium itself refuses (removed, `config/options_check.go`);
-/// refused here too.
+/// Top-level options refused: those Pomerium itself refuses (removed,
+/// `config/options_check.go`), and downstream client-certificate verification (mTLS), which
+/// Portcullis does not implement — ignoring it would open every route to clients without a
+/// certificate.
 pub(crate) const REMOVED_TOP: &[(&str, &str)] = &[
     (
         "policy_file",
@@ -129,8 +130,9 @@ pub(crate) const REMOVED_TOP: &[(&str, &str)] = &[
         "forward_auth_url",
         "option `forward_auth_url` (forward authentication) was removed from pomerium",
     ),
-    ("client_ca", REMOVED),
-    ("client_ca_file", REMOVED),
+    ("downstream_mtls", MTLS_TOP),
+    ("client_ca", MTLS_TOP),
+    ("client_ca_file", MTLS_TOP),
     ("idp_service_account", REMOVED),
     ("idp_refresh_directory_timeout", REMOVED),
     ("idp_refresh_directory_interval", REMOVED),
@@ -140,6 +142,9 @@ pub(crate) const REMOVED_TOP: &[(&str, &str)] = &[
     ("tracing_jaeger_agent_endpoint", REMOVED),
     ("tracing_zipkin_endpoint", REMOVED),
 ];
+
+/// Message for the downstream mTLS options (the option name is prepended).
+pub(crate) const MTLS_TOP: &str = "(client certificate verification, mTLS) is not supported by Portcullis: ignoring it would let clients in without a certificate; verify client certificates in front of Portcullis and remove the option";
 
 /// Message for options Pomerium removed (the option name is prepended).
 pub(crate) const REMOVED: &str = "was removed from pomerium (see pomerium's upgrade guide)";
@@ -154,8 +159,6 @@ pub(crate) const IGNORED_ROUTE: &[&str] = &[
     "tls_client_key",
     "tls_client_cert_file",
     "tls_client_key_file",
-    "tls_downstream_client_ca",
-    "tls_downstream_client_ca_file",
     "tls_upstream_allow_renegotiation",
     "kubernetes_service_account_token",
     "kubernetes_service_account_token_file",
@@ -232,8 +235,18 @@ pub(crate) const IGNORED_ROUTE: &[&str] = &[
 /// route would silently re-route its requests, so they are errors.
 pub(crate) const UNSUPPORTED_ROUTE_ACTIONS: &[&str] = &["redirect", "response"];
 
-/// Route options Pomerium removed and refuses.
+/// Route options refused: those Pomerium removed, and the per-route downstream client CA
+/// (mTLS), which Portcullis does not implement (ignoring it would open the route to clients
+/// without a certificate).
 pub(crate) const REMOVED_ROUTE: &[(&str, &str)] = &[
+    (
+        "tls_downstream_client_ca",
+        "route option `tls_downstream_client_ca` (client certificate verification, mTLS) is not supported by Portcullis: ignoring it would let clients in without a certificate; verify client certificates in front of Portcullis and remove the option",
+    ),
+    (
+        "tls_downstream_client_ca_file",
+        "route option `tls_downstream_client_ca_file` (client certificate verification, mTLS) is not supported by Portcullis: ignoring it would let clients in without a certificate; verify client certificates in front of Portcullis and remove the option",
+    ),
     (
         "allowed_groups",
         "route option `allowed_groups` was removed from pomerium; use `allowed_idp_claims` or a `policy` with `claim/groups`",
