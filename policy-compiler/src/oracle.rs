@@ -205,9 +205,11 @@ pub fn request_path(raw: &str) -> String {
     let mut i = 0;
     while i < b.len() {
         let h = |j: usize| b.get(j).and_then(|c| (*c as char).to_digit(16));
-        if b.get(i) == Some(&b'%')
-            && let (Some(x), Some(y)) = (h(i + 1), h(i + 2))
-        {
+        if b.get(i) == Some(&b'%') {
+            // Go's `url.PathUnescape` error → Pomerium's path is "".
+            let (Some(x), Some(y)) = (h(i + 1), h(i + 2)) else {
+                return String::new();
+            };
             bytes.push((x * 16 + y) as u8);
             i += 3;
             continue;

@@ -44,6 +44,9 @@ const PATHS: &[&str] = &[
     "/.pomerium/x",
     "/a/../admin",
     "//api/v1",
+    "/admin/%zz",
+    "/x?q=/.pomerium/",
+    "/a/./.pomerium/jwt?x",
 ];
 const ZONES: &[&str] = &["UTC", "Europe/Paris", "America/New_York", "Asia/Kolkata"];
 const CLOCKS: &[&str] = &["00:00", "06:30", "09:00", "12:00", "17:00", "23:59:59"];

@@ -561,6 +561,13 @@ fn http_path_strips_query_decodes_and_normalises() {
     assert_eq!(t.get("/api/v1", None), ALLOW);
     assert_eq!(t.get("/%61pi/v1", None), ALLOW);
     assert_eq!(t.get("/apix", None), NOT_ALLOWED);
+    // A malformed escape anywhere: Pomerium's `url.PathUnescape` fails and the path is "".
+    assert_eq!(t.get("/api/%zz", None), NOT_ALLOWED);
+    assert_eq!(t.get("/api/v1%4", None), NOT_ALLOWED);
+    let t = p("allow:\n  or:\n    - http_path: ''");
+    assert_eq!(t.get("/api/%zz", None), ALLOW);
+    assert_eq!(t.get("/x%", None), ALLOW);
+    assert_eq!(t.get("/x%41", None), NOT_ALLOWED);
 }
 
 #[test]

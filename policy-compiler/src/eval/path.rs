@@ -57,8 +57,9 @@ fn hex(b: u8) -> Option<u8> {
     }
 }
 
-/// Percent-decoding (`%41` → `A`); malformed escapes stay as written, invalid UTF-8 after
-/// decoding becomes U+FFFD.
+/// Percent-decoding (`%41` → `A`) as Pomerium's `u.Path, _ = url.PathUnescape(u.RawPath)`:
+/// any malformed escape (`%zz`, a truncated `%4`) makes the whole path `""`. Invalid UTF-8
+/// after decoding becomes U+FFFD.
 pub fn percent_decode(p: &str) -> Cow<'_, str> {
     if !p.contains('%') {
         return Cow::Borrowed(p);
@@ -70,11 +71,12 @@ pub fn percent_decode(p: &str) -> Cow<'_, str> {
         if b == b'%' {
             let hi = bytes.get(i + 1).copied().and_then(hex);
             let lo = bytes.get(i + 2).copied().and_then(hex);
-            if let (Some(hi), Some(lo)) = (hi, lo) {
-                out.push(hi << 4 | lo);
-                i += 3;
-                continue;
-            }
+            let (Some(hi), Some(lo)) = (hi, lo) else {
+                return Cow::Borrowed("");
+            };
+            out.push(hi << 4 | lo);
+            i += 3;
+            continue;
         }
         out.push(b);
         i += 1;
@@ -119,7 +121,11 @@ mod tests {
     fn percent_decode_handles_bad_escapes() {
         assert_eq!(percent_decode("/a%20b"), "/a b");
         assert_eq!(percent_decode("/%2Fadmin"), "//admin");
-        assert_eq!(percent_decode("/%zz%4"), "/%zz%4");
+        // Go's `url.PathUnescape` fails on a malformed escape; Pomerium then uses "".
+        assert_eq!(percent_decode("/%zz%4"), "");
+        assert_eq!(percent_decode("/a%4"), "");
+        assert_eq!(percent_decode("/a%"), "");
+        assert_eq!(percent_decode("/a%41%g1"), "");
         assert_eq!(percent_decode("/%C3%A9"), "/é");
         assert_eq!(percent_decode("/%FF"), "/\u{FFFD}");
     }
