@@ -517,8 +517,24 @@ fn resolve_plain(text: String) -> Value {
         ".nan" | ".NaN" | ".NAN" => return Value::Float(f64::NAN),
         _ => {}
     }
-    if let Some(i) = parse_int(&text) {
-        return Value::Int(i);
+    // go-yaml v3: a scalar starting with a digit or a sign is tried as a number with every
+    // `_` removed, first as Go's `strconv.ParseInt(s, 0, 64)` (so `0x1F`, `0X1F`, `0o17`,
+    // `0b101`, and the YAML 1.1 octal `0123` = 83), then as a YAML float.
+    if text
+        .as_bytes()
+        .first()
+        .is_some_and(|b| b.is_ascii_digit() || *b == b'+' || *b == b'-')
+    {
+        let plain = text.replace('_', "");
+        if let Some(i) = parse_int(&plain) {
+            return Value::Int(i);
+        }
+        if is_float(&plain)
+            && let Ok(x) = plain.parse::<f64>()
+        {
+            return Value::Float(x);
+        }
+        return Value::String(text);
     }
     if is_float(&text)
         && let Ok(x) = text.parse::<f64>()
@@ -528,18 +544,36 @@ fn resolve_plain(text: String) -> Value {
     Value::String(text)
 }
 
+/// Go's `strconv.ParseInt(s, 0, 64)`: optional sign, then `0x`/`0X` (hex), `0o`/`0O`, `0b`/`0B`
+/// or a bare leading `0` (octal), else decimal; the value must fit in an `i64`.
 fn parse_int(s: &str) -> Option<i64> {
-    let (neg, digits) = match s.as_bytes().first()? {
+    let (neg, rest) = match s.as_bytes().first()? {
         b'-' => (true, s.get(1..)?),
         b'+' => (false, s.get(1..)?),
         _ => (false, s),
     };
-    let (radix, digits) = if let Some(h) = digits.strip_prefix("0x") {
-        (16, h)
-    } else if let Some(o) = digits.strip_prefix("0o") {
-        (8, o)
+    let prefixed = |p: char| {
+        let b = rest.as_bytes();
+        (rest.len() >= 3
+            && b.first() == Some(&b'0')
+            && b.get(1).is_some_and(|c| c.eq_ignore_ascii_case(&(p as u8))))
+        .then(|| rest.get(2..))
+        .flatten()
+    };
+    let (radix, digits) = if let Some(d) = prefixed('x') {
+        (16, d)
+    } else if let Some(d) = prefixed('o') {
+        (8, d)
+    } else if let Some(d) = prefixed('b') {
+        (2, d)
+    } else if let Some(d) = rest.strip_prefix('0') {
+        // `0` alone is zero; `0123` is octal.
+        if d.is_empty() {
+            return Some(0);
+        }
+        (8, d)
     } else {
-        (10, digits)
+        (10, rest)
     };
     if digits.is_empty() || !digits.chars().all(|c| c.is_digit(radix)) {
         return None;

@@ -26,6 +26,40 @@ fn scalars_resolve_by_core_schema_and_quotes_stay_strings() {
 }
 
 #[test]
+fn integers_resolve_like_go_yaml_v3() {
+    let cases: &[(&str, Value)] = &[
+        ("0123", Value::Int(83)), // YAML 1.1 octal, still decoded by go-yaml v3
+        ("-0123", Value::Int(-83)),
+        ("0", Value::Int(0)),
+        ("00", Value::Int(0)),
+        ("1_000", Value::Int(1000)),
+        ("1_000.5", Value::Float(1000.5)),
+        ("0b101", Value::Int(5)),
+        ("0B101", Value::Int(5)),
+        ("-0b101", Value::Int(-5)),
+        ("0X1F", Value::Int(31)),
+        ("+0x1f", Value::Int(31)),
+        ("0o17", Value::Int(15)),
+        ("0O17", Value::Int(15)),
+        ("0x_1F", Value::Int(31)),
+        ("08", Value::Float(8.0)), // not octal: go-yaml falls back to its float pattern
+        ("09.5", Value::Float(9.5)),
+        ("0x", Value::String("0x".into())),
+        ("0b", Value::String("0b".into())),
+        ("0b12", Value::String("0b12".into())),
+        ("_1", Value::String("_1".into())),
+        ("1_a", Value::String("1_a".into())),
+        ("-x", Value::String("-x".into())),
+        ("9223372036854775807", Value::Int(i64::MAX)),
+        ("-9223372036854775808", Value::Int(i64::MIN)),
+    ];
+    for (text, want) in cases {
+        let v = p(&format!("k: {text}\n"));
+        assert_eq!(&v.value.get("k").unwrap().value, want, "{text}");
+    }
+}
+
+#[test]
 fn positions_are_one_based_line_and_column() {
     let v = p("top: 1\nroutes:\n  - from: https://a\n    to: http://b\n");
     let routes = v.value.get("routes").unwrap();
