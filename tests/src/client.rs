@@ -49,6 +49,8 @@ pub struct Session {
     jar: Arc<Jar>,
     /// Every URL visited by [`Session::navigate`], in order (for failure messages).
     pub trace: Vec<String>,
+    /// `(url, Set-Cookie value)` of every answer [`Session::navigate`] saw.
+    pub set_cookies: Vec<(String, String)>,
 }
 
 impl Session {
@@ -61,6 +63,8 @@ impl Session {
             HeaderValue::from_static("text/html,application/xhtml+xml,*/*;q=0.8"),
         );
         let client = reqwest::Client::builder()
+            // Loopback test servers: Envoy's self-signed fallback certificate.
+            .danger_accept_invalid_certs(true)
             .cookie_provider(jar.clone())
             .redirect(reqwest::redirect::Policy::none())
             .default_headers(headers)
@@ -70,6 +74,7 @@ impl Session {
             client,
             jar,
             trace: Vec::new(),
+            set_cookies: Vec::new(),
         })
     }
 
@@ -138,6 +143,10 @@ impl Session {
             let r = self
                 .request(method.clone(), &url, &[], f.as_deref())
                 .await?;
+            for v in r.headers.get_all("set-cookie") {
+                let text = String::from_utf8_lossy(v.as_bytes()).into_owned();
+                self.set_cookies.push((r.url.to_string(), text));
+            }
             if (300..400).contains(&r.status) {
                 let next = r
                     .location()

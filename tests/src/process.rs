@@ -143,6 +143,8 @@ where
 /// Wait until `url` answers any HTTP response.
 pub async fn wait_http(url: &str, timeout: Duration) -> Result<()> {
     let client = reqwest::Client::builder()
+        // Loopback test servers: Envoy's self-signed fallback certificate.
+        .danger_accept_invalid_certs(true)
         .redirect(reqwest::redirect::Policy::none())
         .timeout(Duration::from_secs(2))
         .build()?;

@@ -355,6 +355,8 @@ impl Envoy {
     /// (each worker loads it on its own).
     pub async fn wait_status(url: &str, status: u16, timeout: Duration) -> Result<()> {
         let client = reqwest::Client::builder()
+            // Loopback test servers: Envoy's self-signed fallback certificate.
+            .danger_accept_invalid_certs(true)
             .redirect(reqwest::redirect::Policy::none())
             .pool_max_idle_per_host(0)
             .build()?;

@@ -261,6 +261,8 @@ async fn sessions_decide_on_their_own_claims_redis() -> Result<()> {
 /// workers); returns their status codes.
 async fn fresh_connection_statuses(url: &str, cookie: &str, n: usize) -> Result<Vec<u16>> {
     let client = reqwest::Client::builder()
+        // Loopback test servers: Envoy's self-signed fallback certificate.
+        .danger_accept_invalid_certs(true)
         .redirect(reqwest::redirect::Policy::none())
         .pool_max_idle_per_host(0)
         .build()?;
@@ -585,5 +587,45 @@ async fn hand_written_envoy_config_filter_matches_routes() -> Result<()> {
         r.status,
         r.body
     );
+    Ok(())
+}
+
+// ---- 9. TLS listener with the self-signed fallback certificate -----------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_listener_login_and_secure_cookie() -> Result<()> {
+    let _g = SERIAL.lock().await;
+    let mut o = memory("tls");
+    o.tls = true;
+    let stack = Stack::start(o).await?;
+    ensure!(stack.verify("/").starts_with("https://"));
+    let mut s = Session::new()?;
+    let r = login(&stack, &mut s, &stack.vault("/admin/t"), "alice").await?;
+    let claims = verified_claims(&r)?;
+    ensure!(groups(&claims).contains(&"admins".to_owned()), "{claims}");
+    // Over TLS every session cookie is set `Secure` (and `HttpOnly`).
+    let session_cookies: Vec<&String> = s
+        .set_cookies
+        .iter()
+        .map(|(_, c)| c)
+        .filter(|c| c.starts_with("_pomerium=") && !c.starts_with("_pomerium=;"))
+        .collect();
+    ensure!(
+        !session_cookies.is_empty(),
+        "no session cookie set: {:#?}",
+        s.set_cookies
+    );
+    for c in &session_cookies {
+        let attrs = c.to_ascii_lowercase();
+        ensure!(
+            attrs.contains("; secure"),
+            "session cookie without Secure: {c}"
+        );
+        ensure!(
+            attrs.contains("; httponly"),
+            "session cookie without HttpOnly: {c}"
+        );
+    }
+    ensure!(s.cookies_for(&stack.vault("/")).contains("_pomerium"));
     Ok(())
 }
