@@ -499,11 +499,17 @@ fn criterion(
         "pomerium_routes" => CriterionKind::PomeriumRoutes,
         "claim" => {
             let claim = sub.unwrap_or("");
+            let conds = list_matcher(cx, &label, data)?;
             if claim.is_empty() {
-                cx.err(span, "`claim` needs a claim name: `claim/<name>`");
-                return None;
+                // Pomerium accepts it; the rule never matches.
+                cx.warn(
+                    span,
+                    "`claim` without a claim name never matches (pomerium accepts it); write `claim/<name>`",
+                );
+                CriterionKind::Claim(String::new(), never_list_conds())
+            } else {
+                CriterionKind::Claim(claim.to_string(), conds)
             }
-            CriterionKind::Claim(claim.to_string(), list_matcher(cx, &label, data)?)
         }
         "groups" => {
             cx.warn(
@@ -584,7 +590,21 @@ fn scalar_list(cx: &mut Cx<'_>, v: &Spanned<Value>, what: &str) -> Option<Vec<Co
 
 const STRING_MATCHERS: &str = "`is`, `not`, `contains`, `starts_with`, `ends_with`, `in`, `not_in`";
 
+/// What a list given where one value is expected compiles to: Pomerium accepts it, and it
+/// never matches (Rego compares the whole list with one value).
+fn never_matching_list(cx: &mut Cx<'_>, label: &str, v: &Spanned<Value>, hint: &str) {
+    cx.warn(
+        v.span,
+        format!("`{label}` given a list: pomerium accepts it but it never matches ({hint})"),
+    );
+}
+
 fn string_matcher(cx: &mut Cx<'_>, label: &str, v: &Spanned<Value>) -> Option<Vec<StrCond>> {
+    if v.value.as_seq().is_some() {
+        never_matching_list(cx, label, v, "for any of several values use `in: [...]`");
+        // `in` an empty list: false for every string.
+        return Some(vec![StrCond::In(Vec::new())]);
+    }
     let Some(entries) = v.value.as_map() else {
         return Some(vec![StrCond::Is(scalar(cx, v, &format!("`{label}`"))?)]);
     };
@@ -626,7 +646,22 @@ fn string_cond(
     })
 }
 
+/// List conditions no claim list meets: `has x` and `exclude x` together.
+fn never_list_conds() -> Vec<ListCond> {
+    let k = Const::Bool(false);
+    vec![ListCond::Has(k.clone()), ListCond::Exclude(k)]
+}
+
 fn list_matcher(cx: &mut Cx<'_>, label: &str, v: &Spanned<Value>) -> Option<Vec<ListCond>> {
+    if v.value.as_seq().is_some() {
+        never_matching_list(
+            cx,
+            label,
+            v,
+            "for any of several values use one criterion per value under `or`",
+        );
+        return Some(never_list_conds());
+    }
     let Some(entries) = v.value.as_map() else {
         return Some(vec![ListCond::Has(scalar(cx, v, &format!("`{label}`"))?)]);
     };

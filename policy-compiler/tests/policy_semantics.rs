@@ -161,6 +161,32 @@ fn cors_only_route_gives_403_not_login() {
 }
 
 #[test]
+fn pomerium_accepted_never_matching_criteria() {
+    // A list where one value is expected, and a nameless claim: accepted (warning), never
+    // match — on allow (403 / sign-in) and on deny (nothing denied).
+    for c in [
+        "email: [alice@example.com, bob@example.com]",
+        "claim/groups: [admins]",
+        "claim/: admins",
+        "user: [user-1]",
+    ] {
+        let t = p(&format!("allow:\n  or:\n    - {c}"));
+        let admin = user(
+            "alice@example.com",
+            serde_json::json!({"groups": ["admins"], "": "admins"}),
+        );
+        assert_eq!(t.get("/", Some(&admin)), NOT_ALLOWED, "{c}");
+        assert_eq!(t.get("/", None), LOGIN, "{c}");
+        let d = p(&format!(
+            "- allow:\n    or:\n      - accept: true\n- deny:\n    or:\n      - {c}"
+        ));
+        assert_eq!(d.get("/", Some(&admin)), ALLOW, "{c}");
+    }
+    let t = p("allow:\n  or:\n    - http_path: [/a, /b]");
+    assert_eq!(t.get("/a", None), NOT_ALLOWED);
+}
+
+#[test]
 fn deny_wins_over_allow() {
     let t = p(
         "- allow:\n    or:\n      - accept: true\n- deny:\n    or:\n      - email: alice@example.com",

@@ -152,9 +152,10 @@ pub(crate) fn parse_route(
         Some((_, tv)) => parse_to(r, tv),
     };
 
-    // path matching: at most one of prefix / path / regex
+    // path matching: Pomerium accepts several and its `mkRouteMatch` gives Envoy one, in the
+    // precedence `regex`, `path`, `prefix`; the others are ignored (warned).
     let mut path_match: Option<Spanned<PathMatch>> = None;
-    for key in ["prefix", "path", "regex"] {
+    for key in ["regex", "path", "prefix"] {
         let Some((k, pv)) = f.get(key) else { continue };
         let Some(s) = r.string(key, pv) else { continue };
         if s.is_empty() {
@@ -166,9 +167,9 @@ pub(crate) fn parse_route(
                 PathMatch::Path(_) => "path",
                 PathMatch::Regex(_) => "regex",
             };
-            r.err(
+            r.warn(
                 k.span,
-                format!("route sets both `{prev_name}` and `{key}`; use only one of `prefix`, `path` and `regex`"),
+                format!("route sets both `{prev_name}` and `{key}`: `{key}` is ignored (pomerium's precedence: `regex`, then `path`, then `prefix`)"),
             );
             continue;
         }
@@ -487,10 +488,31 @@ fn check_regex(r: &mut Reader, key: &str, span: Span, pattern: &str) -> bool {
             let why = e.to_string();
             let why = why.lines().last().unwrap_or("invalid regex").trim();
             let why = why.strip_prefix("error: ").unwrap_or(why);
-            r.err(span, format!("invalid route `{key}` `{pattern}`: {why}"));
+            if uses_re2_only_syntax(pattern) {
+                r.err(
+                    span,
+                    format!(
+                        "route `{key}` `{pattern}` uses RE2 syntax Portcullis does not support (a Portcullis limitation: its regex engine has no Unicode classes `\\pL`/`\\p{{…}}`, no `\\Q…\\E`, no `\\C`; spell them out with explicit characters or escapes): {why}"
+                    ),
+                );
+            } else {
+                r.err(span, format!("invalid route `{key}` `{pattern}`: {why}"));
+            }
             false
         }
     }
+}
+
+/// Escapes RE2 accepts but `regex-lite` (the evaluator's engine) does not: `\p`/`\P`
+/// (Unicode classes), `\Q…\E` (quoted literal), `\C` (any byte).
+fn uses_re2_only_syntax(pattern: &str) -> bool {
+    let mut chars = pattern.chars();
+    while let Some(c) = chars.next() {
+        if c == '\\' && matches!(chars.next(), Some('p' | 'P' | 'Q' | 'C')) {
+            return true;
+        }
+    }
+    false
 }
 
 fn regex_pair(r: &mut Reader, f: &Fields<'_>, pat: &str, sub: &str) -> Option<RegexRewrite> {

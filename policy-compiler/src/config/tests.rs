@@ -86,6 +86,25 @@ fn a_route_loads_typed() {
 }
 
 #[test]
+fn several_path_matchers_take_pomeriums_precedence() {
+    let l = load(&with_secrets(
+        "routes:\n  - from: https://a.example.com\n    to: http://a\n    prefix: /api\n    path: /api/v1\n  - from: https://b.example.com\n    to: http://b\n    path: /x\n    regex: ^/y$\n    prefix: /z\n",
+    ))
+    .unwrap();
+    let m = |i: usize| {
+        l.config.routes[i]
+            .path_match
+            .as_ref()
+            .unwrap()
+            .value
+            .clone()
+    };
+    assert_eq!(m(0), PathMatch::Path("/api/v1".into()));
+    assert_eq!(m(1), PathMatch::Regex("^/y$".into()));
+    assert_eq!(l.warnings.iter().count(), 3, "{}", l.warnings);
+}
+
+#[test]
 fn errors_are_positioned_and_all_reported() {
     let e = errors(&with_secrets(
         "routes:\n  - from: https://a.example.com/admin\n    to: http://b\n    frmo: x\n  - from: https://c\n    to: ftp://d\n",

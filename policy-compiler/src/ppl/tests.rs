@@ -100,8 +100,8 @@ fn in_without_a_list_is_an_error() {
 #[test]
 fn wrong_types_are_errors() {
     assert_eq!(
-        errors("allow:\n  and:\n    - email: [a, b]\n"),
-        ["p.yaml:3:14: `email` must be a string, number or boolean, found a list"]
+        errors("allow:\n  and:\n    - email:\n        is: [a, b]\n"),
+        ["p.yaml:4:13: `email` matcher `is` must be a string, number or boolean, found a list"]
     );
     assert_eq!(
         errors("allow:\n  and:\n    - email:\n        starts_with: 5\n"),
@@ -152,9 +152,33 @@ fn every_error_at_once() {
         [
             "p.yaml:3:9: unknown policy criterion `emial`",
             "p.yaml:5:15: `email` matcher `in` needs a list of values, found a string",
-            "p.yaml:8:9: `claim` needs a claim name: `claim/<name>`",
+            "p.yaml:8:9: warning: `claim` without a claim name never matches (pomerium accepts it); write `claim/<name>`",
             "p.yaml:11:21: unknown time zone `Mars/Olympus` (use an IANA name like `Europe/Paris`)",
             "p.yaml:10:18: `time_of_day` `after` must be `HH:MM` or `HH:MM:SS`, found `25:00`",
+        ]
+    );
+}
+
+#[test]
+fn lists_for_one_value_and_nameless_claims_warn_and_never_match() {
+    let (terms, d) = parse_yaml(
+        "allow:\n  or:\n    - email: [a, b]\n    - claim/groups: [a, b]\n    - claim/: x\n",
+    );
+    assert_eq!(
+        d,
+        [
+            "p.yaml:3:14: warning: `email` given a list: pomerium accepts it but it never matches (for any of several values use `in: [...]`)",
+            "p.yaml:4:21: warning: `claim/groups` given a list: pomerium accepts it but it never matches (for any of several values use one criterion per value under `or`)",
+            "p.yaml:5:7: warning: `claim` without a claim name never matches (pomerium accepts it); write `claim/<name>`",
+        ]
+    );
+    let kinds: Vec<&CriterionKind> = terms[0].criteria.iter().map(|c| &c.kind).collect();
+    assert_eq!(
+        kinds,
+        [
+            &CriterionKind::Email(vec![StrCond::In(vec![])]),
+            &CriterionKind::Claim("groups".into(), never_list_conds()),
+            &CriterionKind::Claim(String::new(), never_list_conds()),
         ]
     );
 }
