@@ -170,7 +170,7 @@ fn plain(ok: bool, pass: &'static str, fail: &'static str) -> Res {
 
 /// The path Envoy routes on: query removed, slashes merged, dot segments removed.
 pub fn normalised_path(raw: &str) -> String {
-    let no_query = raw.split(['?', '#']).next().unwrap_or("");
+    let no_query = raw.split('?').next().unwrap_or("");
     let mut out: Vec<&str> = Vec::new();
     for seg in no_query.split('/').filter(|s| !s.is_empty()) {
         match seg {

@@ -587,6 +587,9 @@ fn http_path_strips_query_decodes_and_normalises() {
     assert_eq!(t.get("/api/v1", None), ALLOW);
     assert_eq!(t.get("/%61pi/v1", None), ALLOW);
     assert_eq!(t.get("/apix", None), NOT_ALLOWED);
+    // Only `?` ends the path (Pomerium's `getCheckRequestURL`): `#` is part of it.
+    assert_eq!(t.get("/apix#/api/", None), NOT_ALLOWED);
+    assert_eq!(t.get("/api/#x?y", None), ALLOW);
     // A malformed escape anywhere: Pomerium's `url.PathUnescape` fails and the path is "".
     assert_eq!(t.get("/api/%zz", None), NOT_ALLOWED);
     assert_eq!(t.get("/api/v1%4", None), NOT_ALLOWED);

@@ -4,9 +4,10 @@
 
 use std::borrow::Cow;
 
-/// The path without its query string (and fragment).
+/// The path without its query string. Only `?` cuts, as Pomerium's `getCheckRequestURL` (a
+/// `#` is part of the path; Envoy does not forward fragments anyway).
 pub fn strip_query(path: &str) -> &str {
-    let end = path.find(['?', '#']).unwrap_or(path.len());
+    let end = path.find('?').unwrap_or(path.len());
     path.get(..end).unwrap_or(path)
 }
 
@@ -100,9 +101,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn strip_query_removes_query_and_fragment() {
+    fn strip_query_removes_only_the_query() {
         assert_eq!(strip_query("/a/b?x=1"), "/a/b");
-        assert_eq!(strip_query("/a#f"), "/a");
+        assert_eq!(strip_query("/a#f"), "/a#f");
+        assert_eq!(strip_query("/a#f?x#y"), "/a#f");
         assert_eq!(strip_query("/a"), "/a");
     }
 
