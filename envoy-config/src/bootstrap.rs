@@ -231,7 +231,12 @@ fn route_config(d: &Deployment) -> Value {
     // config order of routes within a host (first match wins, as in Pomerium).
     let mut order: Vec<String> = Vec::new();
     let mut by_host: BTreeMap<String, HostRoutes<'_>> = BTreeMap::new();
+    let mut wildcard: Vec<(usize, &Route)> = Vec::new();
     for (i, r) in d.routes.iter().enumerate() {
+        if r.from.is_wildcard() {
+            wildcard.push((i, r));
+            continue;
+        }
         let key = r.from.vhost_key();
         by_host
             .entry(key.clone())
@@ -268,7 +273,55 @@ fn route_config(d: &Deployment) -> Value {
             "routes": rs,
         }));
     }
+    if !wildcard.is_empty() {
+        // Pomerium serves wildcard hosts (`*.example.com`, `app-*.example.com`) from one
+        // catch-all virtual host, each route matching `:authority` against its pattern, in
+        // config order; Envoy prefers every exact host's own virtual host (no fall-through
+        // to wildcards) — the same order the filter's own route lookup uses.
+        let mut rs = vec![
+            sidecar_route(json!({ "prefix": "/.pomerium/" })),
+            sidecar_route(json!({ "path": "/.pomerium" })),
+            sidecar_route(json!({ "prefix": "/.well-known/pomerium/" })),
+        ];
+        for (i, r) in &wildcard {
+            let mut v = route(*i, r);
+            if let Some(Value::Object(m)) = v.get_mut("match") {
+                m.insert(
+                    "headers".into(),
+                    json!([{
+                        "name": ":authority",
+                        "string_match": { "safe_regex": { "regex": authority_regex(&r.from) } },
+                    }]),
+                );
+            }
+            rs.push(v);
+        }
+        vhosts.push(json!({ "name": "wildcard", "domains": ["*"], "routes": rs }));
+    }
     json!({ "name": "portcullis", "virtual_hosts": vhosts })
+}
+
+/// RE2 for the `:authority` values a wildcard `from` host accepts: Pomerium's
+/// `WildcardToRegex` (each `*` = any run of characters), case-insensitive, with
+/// `:<default port>` optional when the URL names no port.
+pub fn authority_regex(h: &ExternalHost) -> String {
+    let mut re = String::from("^(?i)");
+    for c in h.host.chars() {
+        match c {
+            '*' => re.push_str(".*"),
+            c if c.is_ascii_alphanumeric() || c == '-' || c == '_' => re.push(c),
+            c => {
+                re.push('\\');
+                re.push(c);
+            }
+        }
+    }
+    match h.port {
+        Some(p) => re.push_str(&format!(":{p}")),
+        None => re.push_str(&format!("(:{})?", h.effective_port())),
+    }
+    re.push('$');
+    re
 }
 
 /// A route to the sidecar. The filter is disabled on it: these requests carry no policy
@@ -651,9 +704,32 @@ mod tests {
         );
         // non-default port: only host:port.
         assert_eq!(vh[2]["domains"], json!(["api.example.com:8443"]));
+        // Wildcard hosts: the catch-all virtual host, matching `:authority` per route.
+        assert_eq!(vh[3]["domains"], json!(["*"]));
+        assert_eq!(vh[3]["routes"][0]["name"], json!(SIDECAR_ROUTE));
+        assert_eq!(vh[3]["routes"][3]["name"], json!("exact"));
         assert_eq!(
-            vh[3]["domains"],
-            json!(["*.corp.example.com", "*.corp.example.com:443"])
+            vh[3]["routes"][3]["match"]["headers"][0]["string_match"]["safe_regex"]["regex"],
+            json!("^(?i).*\\.corp\\.example\\.com(:443)?$")
+        );
+    }
+
+    #[test]
+    fn wildcard_authority_regex_follows_pomerium() {
+        let h = |host: &str, port| ExternalHost {
+            https: true,
+            host: host.into(),
+            port,
+        };
+        assert_eq!(
+            authority_regex(&h("app-*.example.com", None)),
+            "^(?i)app-.*\\.example\\.com(:443)?$"
+        );
+        assert_eq!(authority_regex(&h("*", Some(8443))), "^(?i).*:8443$");
+        // Regex metacharacters in a host cannot widen the match.
+        assert_eq!(
+            authority_regex(&h("a+b.*", None)),
+            "^(?i)a\\+b\\..*(:443)?$"
         );
     }
 

@@ -121,6 +121,11 @@ impl ExternalHost {
         }
     }
 
+    /// A `*` anywhere in the host (Pomerium wildcard: served from the catch-all virtual host).
+    pub fn is_wildcard(&self) -> bool {
+        self.host.contains('*')
+    }
+
     /// Key grouping routes into one Envoy virtual host.
     pub fn vhost_key(&self) -> String {
         format!("{}:{}", self.host, self.effective_port())
