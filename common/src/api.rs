@@ -46,8 +46,12 @@ pub fn api_token(shared_secret: &Secret) -> String {
     let key = keys::derive(shared_secret, Purpose::InternalApi);
     let mut out = String::with_capacity(64);
     for b in key.expose() {
-        out.push(char::from(HEX.get(usize::from(b >> 4)).copied().unwrap_or(b'0')));
-        out.push(char::from(HEX.get(usize::from(b & 15)).copied().unwrap_or(b'0')));
+        out.push(char::from(
+            HEX.get(usize::from(b >> 4)).copied().unwrap_or(b'0'),
+        ));
+        out.push(char::from(
+            HEX.get(usize::from(b & 15)).copied().unwrap_or(b'0'),
+        ));
     }
     out
 }

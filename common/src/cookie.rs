@@ -236,18 +236,36 @@ mod tests {
     #[test]
     fn rejects_wrong_key_name_expiry_and_tampering() {
         let v = seal(&key(1), "_pomerium", SID, 2_000, [9; 24]).unwrap();
-        assert_eq!(open(&key(2), "_pomerium", &v, 1_000), Err(CookieError::Forged));
+        assert_eq!(
+            open(&key(2), "_pomerium", &v, 1_000),
+            Err(CookieError::Forged)
+        );
         assert_eq!(open(&key(1), "_other", &v, 1_000), Err(CookieError::Forged));
-        assert_eq!(open(&key(1), "_pomerium", &v, 2_000), Err(CookieError::Expired));
+        assert_eq!(
+            open(&key(1), "_pomerium", &v, 2_000),
+            Err(CookieError::Expired)
+        );
         let mut bytes = v.clone().into_bytes();
         let mid = bytes.len() / 2;
         bytes[mid] = if bytes[mid] == b'A' { b'B' } else { b'A' };
         let tampered = String::from_utf8(bytes).unwrap();
-        assert_eq!(open(&key(1), "_pomerium", &tampered, 1_000), Err(CookieError::Forged));
-        assert_eq!(open(&key(1), "_pomerium", "", 0), Err(CookieError::Malformed));
-        assert_eq!(open(&key(1), "_pomerium", "!!!", 0), Err(CookieError::Malformed));
+        assert_eq!(
+            open(&key(1), "_pomerium", &tampered, 1_000),
+            Err(CookieError::Forged)
+        );
+        assert_eq!(
+            open(&key(1), "_pomerium", "", 0),
+            Err(CookieError::Malformed)
+        );
+        assert_eq!(
+            open(&key(1), "_pomerium", "!!!", 0),
+            Err(CookieError::Malformed)
+        );
         let huge = "A".repeat(MAX_COOKIE_VALUE_LEN + 1);
-        assert_eq!(open(&key(1), "_pomerium", &huge, 0), Err(CookieError::Oversized));
+        assert_eq!(
+            open(&key(1), "_pomerium", &huge, 0),
+            Err(CookieError::Oversized)
+        );
     }
 
     #[test]
@@ -260,11 +278,17 @@ mod tests {
     #[test]
     fn cookie_header_helpers() {
         let h = "a=1; _pomerium=xyz; b=2;_pomerium=\"second\"";
-        assert_eq!(cookie_values(h, "_pomerium").collect::<Vec<_>>(), ["xyz", "second"]);
+        assert_eq!(
+            cookie_values(h, "_pomerium").collect::<Vec<_>>(),
+            ["xyz", "second"]
+        );
         assert_eq!(strip_cookie(h, "_pomerium").as_deref(), Some("a=1; b=2"));
         assert_eq!(strip_cookie("_pomerium=1", "_pomerium"), None);
         // A cookie whose name merely starts with ours is kept.
-        assert_eq!(strip_cookie("_pomerium_csrf=1", "_pomerium").as_deref(), Some("_pomerium_csrf=1"));
+        assert_eq!(
+            strip_cookie("_pomerium_csrf=1", "_pomerium").as_deref(),
+            Some("_pomerium_csrf=1")
+        );
     }
 
     proptest! {

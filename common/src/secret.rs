@@ -39,7 +39,9 @@ impl Secret {
     /// Parse Pomerium's format: base64 (standard or URL-safe, padded or not) of 32 bytes.
     pub fn from_base64(text: &str) -> Result<Self, SecretError> {
         use base64::Engine as _;
-        use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
+        use base64::engine::general_purpose::{
+            STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD,
+        };
         let text = text.trim();
         let decoded = STANDARD
             .decode(text)
@@ -75,7 +77,13 @@ mod tests {
         // The cookie_secret from the issue report's config.
         let s = Secret::from_base64("KDBIqKTq8aJ4OuU07np7qBtT6jX37I2H5DCczzExvP8=").unwrap();
         assert_eq!(format!("{s:?}"), "Secret(***)");
-        assert_eq!(Secret::from_base64("c2hvcnQ="), Err(SecretError::WrongLength(5)));
-        assert_eq!(Secret::from_base64("not base64!"), Err(SecretError::NotBase64));
+        assert_eq!(
+            Secret::from_base64("c2hvcnQ="),
+            Err(SecretError::WrongLength(5))
+        );
+        assert_eq!(
+            Secret::from_base64("not base64!"),
+            Err(SecretError::NotBase64)
+        );
     }
 }

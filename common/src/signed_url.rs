@@ -36,7 +36,11 @@ impl RedirectKey {
     fn mac(&self, redirect_uri: &str, issued: u64) -> [u8; 32] {
         keys::hmac_sha256(
             self.0.expose(),
-            &[redirect_uri.as_bytes(), b"\n", issued.to_string().as_bytes()],
+            &[
+                redirect_uri.as_bytes(),
+                b"\n",
+                issued.to_string().as_bytes(),
+            ],
         )
     }
 
@@ -67,7 +71,12 @@ impl core::fmt::Debug for RedirectKey {
 
 /// Build the full sign-in URL: `{authenticate_base}/.pomerium/sign_in?...`.
 /// `authenticate_base` is scheme + authority, without a trailing slash.
-pub fn sign_in_url(key: &RedirectKey, authenticate_base: &str, redirect_uri: &str, issued: u64) -> String {
+pub fn sign_in_url(
+    key: &RedirectKey,
+    authenticate_base: &str,
+    redirect_uri: &str,
+    issued: u64,
+) -> String {
     let sig = key.sign(redirect_uri, issued);
     let mut url = String::with_capacity(authenticate_base.len() + redirect_uri.len() * 3 + 128);
     url.push_str(authenticate_base.trim_end_matches('/'));
@@ -95,8 +104,12 @@ pub fn percent_encode_into(input: &str, out: &mut String) {
             out.push(char::from(b));
         } else {
             out.push('%');
-            out.push(char::from(HEX.get(usize::from(b >> 4)).copied().unwrap_or(b'0')));
-            out.push(char::from(HEX.get(usize::from(b & 15)).copied().unwrap_or(b'0')));
+            out.push(char::from(
+                HEX.get(usize::from(b >> 4)).copied().unwrap_or(b'0'),
+            ));
+            out.push(char::from(
+                HEX.get(usize::from(b & 15)).copied().unwrap_or(b'0'),
+            ));
         }
     }
 }
@@ -124,7 +137,12 @@ mod tests {
     #[test]
     fn url_shape() {
         let k = RedirectKey::new(&Secret::from_bytes([3; 32]));
-        let u = sign_in_url(&k, "https://auth.example.com/", "https://a.example.com/x?y=1", 7);
+        let u = sign_in_url(
+            &k,
+            "https://auth.example.com/",
+            "https://a.example.com/x?y=1",
+            7,
+        );
         assert!(u.starts_with(
             "https://auth.example.com/.pomerium/sign_in?pomerium_redirect_uri=https%3A%2F%2Fa.example.com%2Fx%3Fy%3D1&pomerium_issued=7&pomerium_signature="
         ));
