@@ -129,6 +129,10 @@ pub struct Route {
     /// Whether any criterion looks at the user (else the filter may skip the session).
     #[prost(bool, tag = "11")]
     pub uses_identity: bool,
+    /// OAuth client id a session must have been signed in with to use this route (the
+    /// route's `idp_client_id`, else the global one; empty when none is configured).
+    #[prost(uint32, tag = "12")]
+    pub idp_client_id_str: u32,
 }
 
 /// One operator of one rule (`allow: {and: [...]}` gives one term).

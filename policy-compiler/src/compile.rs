@@ -123,6 +123,11 @@ pub fn lower(config: &Config, policies: &[RoutePolicy]) -> Bundle {
             allow,
             deny,
             uses_identity: p.uses_identity(),
+            idp_client_id_str: w.s(r
+                .idp_client_id
+                .as_deref()
+                .or(config.idp_client_id.as_deref())
+                .unwrap_or("")),
         };
         b.routes.push(route);
         if host.contains('*') {

@@ -339,6 +339,11 @@ pub struct RouteInfo<'a> {
     /// must still call `evaluate`), except for an explicit `pomerium_routes` criterion on
     /// `/.pomerium/jwt` and `/.pomerium/webauthn` paths.
     pub uses_identity: bool,
+    /// The OAuth client a session must come from to use this route (per-route
+    /// `idp_client_id`, else the global one; empty when none is configured). A session
+    /// signed in through another client must sign in again for this route, or per-route
+    /// clients would not restrict anything.
+    pub idp_client_id: &'a str,
 }
 
 /// Which side of the policy a trace line belongs to.
@@ -774,6 +779,7 @@ pub(crate) struct RouteData {
     pub(crate) public: bool,
     pub(crate) pass_identity_headers: bool,
     pub(crate) uses_identity: bool,
+    pub(crate) idp_client_id: Box<str>,
     pub(crate) allow: Box<[TermData]>,
     pub(crate) deny: Box<[TermData]>,
 }
@@ -1011,6 +1017,7 @@ impl Engine {
                 public: d.public,
                 pass_identity_headers: d.pass_identity_headers,
                 uses_identity: d.uses_identity,
+                idp_client_id: &d.idp_client_id,
             },
             None => RouteInfo {
                 route: r,
@@ -1022,6 +1029,7 @@ impl Engine {
                 public: false,
                 pass_identity_headers: false,
                 uses_identity: false,
+                idp_client_id: "",
             },
         }
     }

@@ -819,3 +819,15 @@ fn route_info_reports_public_identity_use_and_headers() {
         .route(t2.engine.find_route("app.example.com", "/").unwrap());
     assert!(info.public && info.uses_identity);
 }
+
+#[test]
+fn routes_carry_their_oauth_client_for_the_filter() {
+    let yaml = "idp_client_id: default-client\nroutes:\n  - from: https://a.example.com\n    to: http://up\n    allow_any_authenticated_user: true\n  - from: https://b.example.com\n    to: http://up\n    allow_any_authenticated_user: true\n    idp_client_id: client-b\n    idp_client_secret: secret-b\n";
+    let loaded = load_str("t.yaml", yaml, &|_| None).unwrap();
+    let bundle = compile::compile(&loaded.config).unwrap();
+    let engine = Engine::from_bytes(&bundle.to_bytes()).unwrap();
+    let a = engine.find_route("a.example.com", "/").unwrap();
+    let b = engine.find_route("b.example.com", "/").unwrap();
+    assert_eq!(engine.route(a).idp_client_id, "default-client");
+    assert_eq!(engine.route(b).idp_client_id, "client-b");
+}

@@ -176,6 +176,7 @@ pub(super) fn from_bundle(b: bundle::Bundle) -> Result<Engine, BundleError> {
             public: r.public,
             pass_identity_headers: r.pass_identity_headers,
             uses_identity: r.uses_identity,
+            idp_client_id: st.get(r.idp_client_id_str)?,
             allow,
             deny,
         });
