@@ -183,6 +183,9 @@ fn http_connection_manager(d: &Deployment) -> Value {
             "normalize_path": true,
             "merge_slashes": true,
             "path_with_escaped_slashes_action": "UNESCAPE_AND_REDIRECT",
+            // `X_Email` and `x_pomerium_claim_email` would slip past header stripping and be
+            // read as identity headers by CGI/WSGI-style upstreams: drop such headers.
+            "common_http_protocol_options": { "headers_with_underscores_action": "DROP_HEADER" },
             "use_remote_address": true,
             "xff_num_trusted_hops": d.listener.xff_num_trusted_hops,
             "skip_xff_append": false,
@@ -251,7 +254,14 @@ fn route_config(d: &Deployment) -> Value {
     let mut vhosts = vec![json!({
         "name": format!("authenticate:{auth_key}"),
         "domains": d.authenticate.domains(),
-        "routes": [sidecar_route(json!({ "prefix": "/" }))],
+        // The sidecar's internal API and health endpoints are for the filter and the
+        // orchestrator, never for the outside: answer them here, before the catch-all.
+        "routes": [
+            blocked_route(json!({ "prefix": INTERNAL_API_PREFIX })),
+            blocked_route(json!({ "path": "/healthz" })),
+            blocked_route(json!({ "path": "/readyz" })),
+            sidecar_route(json!({ "prefix": "/" })),
+        ],
     })];
     for key in &order {
         let Some((host, routes)) = by_host.get(key) else {
@@ -262,6 +272,7 @@ fn route_config(d: &Deployment) -> Value {
             continue;
         }
         let mut rs = vec![
+            blocked_route(json!({ "prefix": INTERNAL_API_PREFIX })),
             sidecar_route(json!({ "prefix": "/.pomerium/" })),
             sidecar_route(json!({ "path": "/.pomerium" })),
             sidecar_route(json!({ "prefix": "/.well-known/pomerium/" })),
@@ -279,6 +290,7 @@ fn route_config(d: &Deployment) -> Value {
         // config order; Envoy prefers every exact host's own virtual host (no fall-through
         // to wildcards) — the same order the filter's own route lookup uses.
         let mut rs = vec![
+            blocked_route(json!({ "prefix": INTERNAL_API_PREFIX })),
             sidecar_route(json!({ "prefix": "/.pomerium/" })),
             sidecar_route(json!({ "path": "/.pomerium" })),
             sidecar_route(json!({ "prefix": "/.well-known/pomerium/" })),
@@ -322,6 +334,26 @@ pub fn authority_regex(h: &ExternalHost) -> String {
     }
     re.push('$');
     re
+}
+
+/// Path prefix of the sidecar's internal API (`common::api`): reached by the filter's
+/// `dispatch_http_call` straight to the sidecar cluster, never through a listener.
+const INTERNAL_API_PREFIX: &str = "/.portcullis/";
+
+/// A route that answers 404 itself: the internal API and the sidecar's health endpoints
+/// must not be reachable from outside (defence in depth: the API also needs its token).
+fn blocked_route(matcher: Value) -> Value {
+    json!({
+        "name": "portcullis-blocked",
+        "match": matcher,
+        "direct_response": { "status": 404, "body": { "inline_string": "not found" } },
+        "typed_per_filter_config": {
+            WASM_FILTER: {
+                "@type": "type.googleapis.com/envoy.config.route.v3.FilterConfig",
+                "disabled": true,
+            }
+        }
+    })
 }
 
 /// A route to the sidecar. The filter is disabled on it: these requests carry no policy
@@ -663,17 +695,26 @@ mod tests {
         let d = sample::deployment("/f.wasm", ListenerTls::Plain);
         let v = render(&d);
         let vh = vhosts(&v);
-        // authenticate host first, all of it to the sidecar.
+        // authenticate host first: the internal API and health endpoints answered 404 by
+        // Envoy itself, everything else to the sidecar.
         assert_eq!(
             vh[0]["domains"],
             json!(["authenticate.example.com", "authenticate.example.com:443"])
         );
-        assert_eq!(vh[0]["routes"][0]["match"], json!({"prefix": "/"}));
         assert_eq!(
-            vh[0]["routes"][0]["route"]["cluster"],
+            vh[0]["routes"][0]["match"],
+            json!({"prefix": "/.portcullis/"})
+        );
+        assert_eq!(vh[0]["routes"][0]["direct_response"]["status"], json!(404));
+        assert_eq!(vh[0]["routes"][1]["match"], json!({"path": "/healthz"}));
+        assert_eq!(vh[0]["routes"][2]["match"], json!({"path": "/readyz"}));
+        assert_eq!(vh[0]["routes"][3]["match"], json!({"prefix": "/"}));
+        assert_eq!(
+            vh[0]["routes"][3]["route"]["cluster"],
             json!(SIDECAR_CLUSTER)
         );
-        // app.example.com: sidecar endpoints, then `admin` before `app` (config order).
+        // app.example.com: internal API blocked, sidecar endpoints, then `admin` before
+        // `app` (config order).
         let app = &vh[1];
         let names: Vec<&str> = app["routes"]
             .as_array()
@@ -684,6 +725,7 @@ mod tests {
         assert_eq!(
             names,
             [
+                "portcullis-blocked",
                 "portcullis-sidecar",
                 "portcullis-sidecar",
                 "portcullis-sidecar",
@@ -691,14 +733,18 @@ mod tests {
                 "app"
             ]
         );
-        assert_eq!(app["routes"][0]["match"], json!({"prefix": "/.pomerium/"}));
+        assert_eq!(
+            app["routes"][0]["match"],
+            json!({"prefix": "/.portcullis/"})
+        );
+        assert_eq!(app["routes"][1]["match"], json!({"prefix": "/.pomerium/"}));
         // the filter is off on sidecar routes only.
         assert_eq!(
-            app["routes"][0]["typed_per_filter_config"][WASM_FILTER]["disabled"],
+            app["routes"][1]["typed_per_filter_config"][WASM_FILTER]["disabled"],
             json!(true)
         );
         assert!(
-            app["routes"][3]["typed_per_filter_config"]
+            app["routes"][4]["typed_per_filter_config"]
                 .get(WASM_FILTER)
                 .is_none()
         );
@@ -706,10 +752,11 @@ mod tests {
         assert_eq!(vh[2]["domains"], json!(["api.example.com:8443"]));
         // Wildcard hosts: the catch-all virtual host, matching `:authority` per route.
         assert_eq!(vh[3]["domains"], json!(["*"]));
-        assert_eq!(vh[3]["routes"][0]["name"], json!(SIDECAR_ROUTE));
-        assert_eq!(vh[3]["routes"][3]["name"], json!("exact"));
+        assert_eq!(vh[3]["routes"][0]["name"], json!("portcullis-blocked"));
+        assert_eq!(vh[3]["routes"][1]["name"], json!(SIDECAR_ROUTE));
+        assert_eq!(vh[3]["routes"][4]["name"], json!("exact"));
         assert_eq!(
-            vh[3]["routes"][3]["match"]["headers"][0]["string_match"]["safe_regex"]["regex"],
+            vh[3]["routes"][4]["match"]["headers"][0]["string_match"]["safe_regex"]["regex"],
             json!("^(?i).*\\.corp\\.example\\.com(:443)?$")
         );
     }
@@ -737,13 +784,13 @@ mod tests {
     fn route_options_reach_envoy() {
         let d = sample::deployment("/f.wasm", ListenerTls::Plain);
         let vh = vhosts(&render(&d));
-        let admin = &vh[1]["routes"][3];
+        let admin = &vh[1]["routes"][4];
         assert_eq!(admin["route"]["prefix_rewrite"], json!("/"));
         assert_eq!(admin["route"]["timeout"], json!("1.5s"));
         assert_eq!(admin["route"]["idle_timeout"], json!("300s"));
         assert_eq!(admin["route"]["auto_host_rewrite"], json!(true));
         assert_eq!(admin["request_headers_to_remove"], json!(["x-debug"]));
-        let app = &vh[1]["routes"][4];
+        let app = &vh[1]["routes"][5];
         assert_eq!(
             app["route"]["timeout"],
             json!("0s"),
@@ -760,7 +807,7 @@ mod tests {
         // The quote in the configured prefix cannot end the Lua string.
         assert!(lua.contains("\\034x"), "{lua}");
         assert!(!lua.contains("/\"x"));
-        let api = &vh[2]["routes"][3];
+        let api = &vh[2]["routes"][4];
         assert_eq!(api["match"]["safe_regex"]["regex"], json!("^/v[0-9]+/.*$"));
         assert_eq!(api["route"]["host_rewrite_literal"], json!("api.internal"));
     }
