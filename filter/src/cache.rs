@@ -43,6 +43,8 @@ pub struct Entry<S> {
     pub subject: Rc<S>,
     /// Precomputed `jwt_claims_headers` for this session.
     pub claim_headers: Box<[Header]>,
+    /// The OAuth client the session was created with.
+    pub client_id: Box<str>,
     /// Identity JWTs per audience.
     pub jwts: Vec<Jwt>,
     /// Databroker version of the session record.
@@ -266,6 +268,7 @@ mod tests {
         Entry {
             subject: Rc::new(()),
             claim_headers: Box::new([]),
+            client_id: "".into(),
             jwts: vec![Jwt {
                 aud: "a.example.com".into(),
                 token: "t".into(),

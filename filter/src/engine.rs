@@ -49,11 +49,13 @@ impl Policy for Engine {
         self.0.find_route(authority, path)
     }
 
-    fn route_meta(&self, route: RouteRef) -> RouteMeta {
+    fn route_meta(&self, route: RouteRef) -> RouteMeta<'_> {
         let info = self.0.route(route);
         RouteMeta {
             public: info.public,
             pass_identity_headers: info.pass_identity_headers,
+            uses_identity: info.uses_identity,
+            idp_client_id: info.idp_client_id,
         }
     }
 

@@ -8,11 +8,17 @@ use portcullis_common::api::SessionView;
 
 /// Facts about one route the filter acts on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RouteMeta {
-    /// `allow_public_unauthenticated_access`.
+pub struct RouteMeta<'a> {
+    /// `allow_public_unauthenticated_access` (still evaluated: a public route may have
+    /// deny rules, and the implicit deny of invalid client certificates).
     pub public: bool,
     /// `pass_identity_headers` (resolved against the global default).
     pub pass_identity_headers: bool,
+    /// Whether any criterion looks at the user; if not, evaluating without the session
+    /// gives the same answer, so the filter need not look it up.
+    pub uses_identity: bool,
+    /// The OAuth client a session must come from (empty: any).
+    pub idp_client_id: &'a str,
 }
 
 /// The request facts policy evaluation reads.
@@ -63,7 +69,7 @@ pub trait Policy: Sized {
     /// The first route matching `authority` + raw `:path` (Envoy normalisation).
     fn find_route(&self, authority: &str, path: &str) -> Option<Self::Route>;
     /// Facts about a route.
-    fn route_meta(&self, route: Self::Route) -> RouteMeta;
+    fn route_meta(&self, route: Self::Route) -> RouteMeta<'_>;
     /// Build the evaluator's subject from a session's policy view.
     fn subject(&self, view: &SessionView) -> Self::Subject;
     /// Decide one request.

@@ -130,6 +130,8 @@ struct Stream {
     failures: u32,
     last_sync_ms: u64,
     started_ms: u64,
+    /// The sidecar's version-sequence identity; cursors mean nothing across epochs.
+    epoch: Option<String>,
 }
 
 #[derive(Default)]
@@ -297,9 +299,11 @@ impl<P: Policy> Worker<P> {
             return Flow::Responded;
         };
         let meta = engine.route_meta(route);
-        if meta.public {
-            return Flow::Continue;
-        }
+        // A policy that never looks at the user gets the same answer without the session:
+        // skip the lookup, unless identity headers go upstream or it is one of Pomerium's
+        // own paths (its implicit rule looks at the user on `/.pomerium/jwt`).
+        let needs_session =
+            meta.uses_identity || meta.pass_identity_headers || req.path.starts_with("/.pomerium/");
 
         // The session: first cookie value that opens wins (a planted one cannot shadow it).
         let joined;
@@ -310,7 +314,7 @@ impl<P: Policy> Worker<P> {
             req.cookie
         };
         let now_u = u64::try_from(now_s).unwrap_or(0);
-        let sid = cookie_header.and_then(|h| {
+        let sid = cookie_header.filter(|_| needs_session).and_then(|h| {
             cookie::cookie_values(h, &active.cookie_name).find_map(|v| {
                 cookie::open(&self.cfg.cookie_key, &active.cookie_name, v, now_u)
                     .ok()
@@ -332,8 +336,15 @@ impl<P: Policy> Worker<P> {
         };
         let entry = match lookup {
             Lookup::Anonymous => None,
-            Lookup::Cached(sid) => self.sessions.get(&sid),
+            // A session of another OAuth client than the route's is no session here: the
+            // user signs in again through this route's client.
+            Lookup::Cached(sid) => self
+                .sessions
+                .get(&sid)
+                .filter(|e| meta.idp_client_id.is_empty() || *e.client_id == *meta.idp_client_id),
             Lookup::Paused => return Flow::Pause,
+            // A public route never fails because the sidecar is away: decided anonymously.
+            Lookup::Unavailable if meta.public => None,
             Lookup::Unavailable => {
                 decision::refuse(
                     host,
@@ -568,6 +579,7 @@ impl<P: Policy> Worker<P> {
         let entry = Entry {
             subject: Rc::new(active.engine.subject(view)),
             claim_headers: view.claim_headers.clone().into_boxed_slice(),
+            client_id: view.client_id.as_str().into(),
             jwts,
             version: view.version,
             session_expires_at: view.expires_at,
@@ -736,6 +748,7 @@ impl<P: Policy> Worker<P> {
         let _ = host.shared_set(&skey, &shared.encode_to_vec(), cas);
         let entry = Entry {
             subject: Rc::new(active.engine.subject(&view)),
+            client_id: view.client_id.as_str().into(),
             claim_headers: view.claim_headers.into_boxed_slice(),
             jwts,
             version: view.version,
@@ -791,7 +804,18 @@ impl<P: Policy> Worker<P> {
                 return;
             }
         };
-        if resp.reset {
+        // A new epoch (sidecar restarted with a memory store, Redis flushed) makes our
+        // cursor meaningless: the same as a reset.
+        let new_epoch = !resp.epoch.is_empty()
+            && self
+                .stream
+                .epoch
+                .as_deref()
+                .is_some_and(|e| e != resp.epoch);
+        if !resp.epoch.is_empty() {
+            self.stream.epoch = Some(resp.epoch.clone());
+        }
+        if resp.reset || new_epoch {
             self.sessions.clear();
             self.negative.clear();
             bump_shared_generation(host);
@@ -803,6 +827,7 @@ impl<P: Policy> Worker<P> {
             self.evict(host, sid, now_ms);
         }
         let news = resp.reset
+            || new_epoch
             || !resp.changed.is_empty()
             || !resp.deleted.is_empty()
             || (!resp.bundle_version.is_empty()
@@ -959,11 +984,16 @@ impl<P: Policy> Worker<P> {
         } else {
             0
         };
-        let path = format!(
+        let mut path = format!(
             "{}?since={}&wait_ms={wait}",
             api::PATH_CHANGES,
             self.stream.cursor.unwrap_or(0)
         );
+        if let Some(epoch) = &self.stream.epoch {
+            // Lets the sidecar answer `reset` at once when its epoch moved on.
+            path.push_str("&epoch=");
+            signed_url::percent_encode_into(epoch, &mut path);
+        }
         match self.call_sidecar(host, &path, wait + self.cfg.session_timeout_ms + 3_000) {
             Some(token) => {
                 self.stream.in_flight = Some(token);

@@ -25,6 +25,7 @@ enum R {
     App,
     Admin,
     Public,
+    Partner,
 }
 
 impl Policy for FakePolicy {
@@ -61,6 +62,7 @@ impl Policy for FakePolicy {
             "app" => Some(R::App),
             "admin" => Some(R::Admin),
             "public" => Some(R::Public),
+            "partner" => Some(R::Partner),
             _ => None,
         }
     }
@@ -69,13 +71,20 @@ impl Policy for FakePolicy {
             "app.example.com" => Some(R::App),
             "admin.example.com" => Some(R::Admin),
             "public.example.com" => Some(R::Public),
+            "partner.example.com" => Some(R::Partner),
             _ => None,
         }
     }
-    fn route_meta(&self, r: R) -> RouteMeta {
+    fn route_meta(&self, r: R) -> RouteMeta<'_> {
         RouteMeta {
             public: r == R::Public,
             pass_identity_headers: r == R::App,
+            uses_identity: r != R::Public,
+            idp_client_id: if r == R::Partner {
+                "partner-client"
+            } else {
+                ""
+            },
         }
     }
     fn subject(&self, view: &SessionView) -> String {
@@ -86,7 +95,7 @@ impl Policy for FakePolicy {
             (R::Public, _) => Verdict::Allow,
             (_, None) => Verdict::Login,
             (R::App, Some(_)) if self.lock_app => Verdict::Deny("policy-denied"),
-            (R::App, Some(_)) => Verdict::Allow,
+            (R::App | R::Partner, Some(_)) => Verdict::Allow,
             (R::Admin, Some(e)) if e.ends_with("@admin.example") => Verdict::Allow,
             (R::Admin, Some(_)) => Verdict::Deny("not-allowed"),
         }
@@ -238,6 +247,10 @@ fn header<'a>(h: &'a FakeHost, ctx: u32, name: &str) -> Option<&'a str> {
 }
 
 fn session_answer(email: &str, found: bool) -> Vec<u8> {
+    session_answer_client(email, found, "")
+}
+
+fn session_answer_client(email: &str, found: bool, client_id: &str) -> Vec<u8> {
     SessionResponse {
         found,
         view: found.then(|| SessionView {
@@ -257,6 +270,7 @@ fn session_answer(email: &str, found: bool) -> Vec<u8> {
                 name: "x-email".into(),
                 value: email.into(),
             }],
+            client_id: client_id.into(),
         }),
         identity_jwt: "header.payload.sig".into(),
         jwt_expires_at: i64::try_from(T0 / 1000).unwrap() + 300,
@@ -1258,4 +1272,76 @@ fn sidecar_down_when_the_jwt_needs_renewal_keeps_the_session_working() {
     h.now += 30_000; // expired: allowed, but no stale JWT forwarded
     assert_eq!(run(&mut w, &mut h, 2, r), Flow::Continue);
     assert_eq!(header(&h, 2, "x-pomerium-jwt-assertion"), None);
+}
+
+#[test]
+fn a_session_of_another_oauth_client_is_no_session_on_that_route() {
+    let mut w = worker("");
+    let mut h = fake_host();
+    warm(&mut w, &mut h); // client ""
+    let r = request("partner.example.com", &[("cookie", &cookie_for(SID))]);
+    assert_eq!(run(&mut w, &mut h, 1, r.clone()), Flow::Responded);
+    assert_eq!(h.responses.last().unwrap().1, 302);
+    // The same session, created through the route's client, is accepted.
+    let mut w = worker("");
+    let mut h = fake_host();
+    run(&mut w, &mut h, 2, r.clone());
+    let t = h.dispatched.last().unwrap().0;
+    answer(
+        &mut w,
+        &mut h,
+        t,
+        200,
+        session_answer_client("ann@corp.example", true, "partner-client"),
+    );
+    assert_eq!(h.resumed, vec![2]);
+}
+
+#[test]
+fn public_routes_skip_the_session_unless_needed_and_never_503() {
+    let mut w = worker("");
+    let mut h = fake_host();
+    h.dispatch_fails = true;
+    let r = request(
+        "public.example.com",
+        &[("cookie", &format!("a=1; {}", cookie_for(SID)))],
+    );
+    assert_eq!(run(&mut w, &mut h, 1, r), Flow::Continue);
+    assert!(h.dispatched.is_empty());
+    assert_eq!(
+        header(&h, 1, "cookie"),
+        Some("a=1"),
+        "our cookie never goes upstream"
+    );
+}
+
+#[test]
+fn a_new_epoch_drops_everything_like_a_reset() {
+    let mut w = worker("");
+    let mut h = fake_host();
+    warm(&mut w, &mut h);
+    w.on_tick(&mut h);
+    let t = h.dispatched.last().unwrap().0;
+    let first = ChangesResponse {
+        version: 7,
+        epoch: "e1".into(),
+        bundle_version: "v1".into(),
+        ..Default::default()
+    };
+    answer(&mut w, &mut h, t, 200, first.encode_to_vec());
+    assert_eq!(w.cached_sessions(), 1);
+    h.now += 500;
+    w.on_tick(&mut h);
+    let (t, _, call) = h.dispatched.last().unwrap().clone();
+    assert!(call.iter().any(
+        |(k, v)| k == ":path" && v == "/.portcullis/v1/changes?since=7&wait_ms=25000&epoch=e1"
+    ));
+    let restarted = ChangesResponse {
+        version: 9,
+        epoch: "e2".into(),
+        bundle_version: "v1".into(),
+        ..Default::default()
+    };
+    answer(&mut w, &mut h, t, 200, restarted.encode_to_vec());
+    assert_eq!(w.cached_sessions(), 0);
 }

@@ -27,6 +27,8 @@ pub struct EnvoySpec<'a> {
     pub upstream: SocketAddr,
     /// The (fake) sidecar.
     pub sidecar: SocketAddr,
+    /// Without the wasm filter (a baseline for measurements).
+    pub without_filter: bool,
     /// Virtual hosts: (domain, Envoy route name = bundle route id). Every one goes to the
     /// upstream except the route named `portcullis-sidecar`, which goes to the sidecar.
     pub hosts: &'a [(&'a str, &'a str)],
@@ -104,7 +106,24 @@ static_resources:
                   name: local
                   virtual_hosts:
 {vhosts}                http_filters:
-                  - name: envoy.filters.http.wasm
+{wasm_filter}                  - name: envoy.filters.http.router
+                    typed_config:
+                      "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+  clusters:
+{upstream}{sidecar}"#,
+        upstream = cluster("upstream", spec.upstream),
+        sidecar = cluster("portcullis-sidecar", spec.sidecar),
+        wasm_filter = if spec.without_filter {
+            String::new()
+        } else {
+            wasm_filter(spec)
+        },
+    )
+}
+
+fn wasm_filter(spec: &EnvoySpec<'_>) -> String {
+    format!(
+        r#"                  - name: envoy.filters.http.wasm
                     typed_config:
                       "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
                       config:
@@ -120,15 +139,9 @@ static_resources:
                           code:
                             local:
                               filename: {wasm}
-                  - name: envoy.filters.http.router
-                    typed_config:
-                      "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
-  clusters:
-{upstream}{sidecar}"#,
+"#,
         config = yaml_quote(spec.plugin_config),
         wasm = yaml_quote(&spec.wasm.display().to_string()),
-        upstream = cluster("upstream", spec.upstream),
-        sidecar = cluster("portcullis-sidecar", spec.sidecar),
     )
 }
 

@@ -161,6 +161,7 @@ pub fn session_answer(
                 name: "x-pomerium-claim-email".into(),
                 value: u.email.clone(),
             }],
+            client_id: String::new(),
         }),
         identity_jwt: format!("jwt.{aud}.{}", u.user_id),
         jwt_expires_at: now_s + 300,
@@ -181,6 +182,7 @@ pub fn changes_answer(
         deleted: deleted.iter().map(|s| (*s).to_owned()).collect(),
         bundle_version: bundle_version.to_owned(),
         reset: false,
+        epoch: "fixture-epoch".to_owned(),
     }
     .encode_to_vec()
 }

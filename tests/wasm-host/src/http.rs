@@ -94,6 +94,7 @@ impl Server {
                     break;
                 }
                 let Ok(stream) = stream else { continue };
+                let _ = stream.set_nodelay(true);
                 if let (Ok(clone), Ok(mut list)) = (stream.try_clone(), c.lock()) {
                     list.push(clone);
                 }
@@ -218,8 +219,10 @@ fn write_response(out: &mut TcpStream, r: &Response) -> Result<()> {
         head.push_str(&format!("{k}: {v}\r\n"));
     }
     head.push_str("\r\n");
-    out.write_all(head.as_bytes())?;
-    out.write_all(&r.body)?;
+    // One write: a separate body write would wait on the peer's delayed ACK (Nagle).
+    let mut bytes = head.into_bytes();
+    bytes.extend_from_slice(&r.body);
+    out.write_all(&bytes)?;
     out.flush()?;
     Ok(())
 }
@@ -255,6 +258,43 @@ pub fn get(addr: SocketAddr, host: &str, path: &str, headers: &[(&str, &str)]) -
         headers,
         body,
     })
+}
+
+/// A keep-alive client connection (for latency measurements).
+pub struct Conn {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+}
+
+impl Conn {
+    /// Connect.
+    pub fn open(addr: SocketAddr) -> Result<Conn> {
+        let s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+        s.set_nodelay(true)?;
+        s.set_read_timeout(Some(Duration::from_secs(20)))?;
+        Ok(Conn {
+            writer: s.try_clone()?,
+            reader: BufReader::new(s),
+        })
+    }
+
+    /// One GET on this connection; the status.
+    pub fn get(&mut self, host: &str, path: &str, headers: &[(&str, &str)]) -> Result<u16> {
+        let mut req = format!("GET {path} HTTP/1.1\r\nhost: {host}\r\n");
+        for (k, v) in headers {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        req.push_str("\r\n");
+        self.writer.write_all(req.as_bytes())?;
+        let (first, headers) = read_head(&mut self.reader)?.ok_or_else(|| anyhow!("closed"))?;
+        let mut body = vec![0; body_len(&headers)];
+        self.reader.read_exact(&mut body)?;
+        first
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| anyhow!("bad status line {first:?}"))
+    }
 }
 
 /// Send raw request bytes on a fresh connection; the response status (0 if the server

@@ -205,6 +205,7 @@ fn handle(sh: &Shared, req: &Request) -> Response {
             let mut resp = ChangesResponse {
                 version: s.version,
                 bundle_version: s.bundle_version.clone(),
+                epoch: "fake-sidecar".to_owned(),
                 ..Default::default()
             };
             for (v, sid, deleted) in &s.log {

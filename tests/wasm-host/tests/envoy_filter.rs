@@ -44,6 +44,7 @@ fn world(extra_config: &str) -> Result<World> {
         plugin_config: &cfg,
         upstream: upstream.addr(),
         sidecar: sidecar.addr(),
+        without_filter: false,
         hosts: HOSTS,
     })?;
     Ok(World {
@@ -290,5 +291,49 @@ fn sidecar_down_cached_sessions_work_unknown_get_503_and_recovery() -> Result<()
     );
     w.sidecar.restart()?;
     until_all(&w, "app.example.com", &unknown, 200, Duration::from_secs(5))?;
+    Ok(())
+}
+
+/// Median latency of cache-hit requests vs the same Envoy without the filter. Timing, not a
+/// pass/fail test: `cargo test -p proxy-wasm-test-host --test envoy_filter -- --ignored --nocapture`.
+#[test]
+#[ignore = "measurement; run by hand"]
+fn measure_cache_hit_latency() -> Result<()> {
+    let w = world("")?;
+    let sid = fixtures::session_id(9);
+    w.sidecar
+        .put_session(&sid, User::new("bob@example.com", &["staff"]));
+    let cookie = fixtures::cookie_header(&sid, now_s())?;
+    let upstream = http::echo_server()?;
+    let bare = Envoy::start(&EnvoySpec {
+        wasm: wasm_path(),
+        plugin_config: "{}",
+        upstream: upstream.addr(),
+        sidecar: w.sidecar.addr(),
+        without_filter: true,
+        hosts: HOSTS,
+    })?;
+    let median = |envoy: &Envoy, host: &str| -> Result<Duration> {
+        let mut conn = http::Conn::open(envoy.addr)?;
+        let mut times = Vec::with_capacity(3000);
+        for i in 0..3500 {
+            let t = Instant::now();
+            let status = conn.get(host, "/", &[("cookie", &cookie)])?;
+            if i >= 500 {
+                times.push(t.elapsed());
+            }
+            assert_eq!(status, 200);
+        }
+        times.sort();
+        Ok(times[times.len() / 2])
+    };
+    for round in 0..3 {
+        let base = median(&bare, "app.example.com")?;
+        let public = median(&w.envoy, "public.example.com")?;
+        let hit = median(&w.envoy, "app.example.com")?;
+        eprintln!(
+            "round {round}: no filter {base:?}, public route {public:?}, session cache hit {hit:?}"
+        );
+    }
     Ok(())
 }

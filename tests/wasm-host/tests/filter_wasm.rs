@@ -394,7 +394,7 @@ fn change_stream_evicts_on_every_worker_and_shared_data_follows() -> Result<()> 
         let poll = pending_poll(w)?;
         assert_eq!(
             poll.path(),
-            "/.portcullis/v1/changes?since=10&wait_ms=25000"
+            "/.portcullis/v1/changes?since=10&wait_ms=25000&epoch=fixture-epoch"
         );
         w.answer(
             poll.token,
@@ -409,7 +409,7 @@ fn change_stream_evicts_on_every_worker_and_shared_data_follows() -> Result<()> 
         assert_eq!(session_calls(w).len(), 1);
         assert_eq!(
             pending_poll(w)?.path(),
-            "/.portcullis/v1/changes?since=11&wait_ms=25000"
+            "/.portcullis/v1/changes?since=11&wait_ms=25000&epoch=fixture-epoch"
         );
     }
     Ok(())
