@@ -10,7 +10,13 @@
 //! record but never the session's claims, and policy reads the user record).
 //!
 //! A user-info response updates every session of that user issued by the same OAuth
-//! client: each session gets the new user info over *its own* ID-token claims.
+//! client: each session gets the new user info over *its own* ID-token claims. If the
+//! response changed the user's info, the user's sessions of *other* OAuth clients are
+//! marked due at once (`user_info_at = 0`) and re-read user info with their own client
+//! (their scopes, hence claims, may differ: one client's response is never copied into
+//! another client's session). A response is applied to a session only if its fetch
+//! started after that of the session's stored response (compare-and-swap), so an older,
+//! concurrent response never overwrites a newer one.
 //!
 //! `invalid_grant`, or user info answering 401/403 (disabled user), terminates the
 //! session. Network errors and 5xx keep the session and retry with exponential backoff
@@ -299,6 +305,9 @@ async fn process_locked(state: &AppState, id: &str, now: i64) -> Result<Outcome,
         .as_ref()
         .map(|t| t.access_token.clone())
         .unwrap_or_else(|| session.oauth_token.access_token.clone());
+    // When this fetch started (wall clock, ms): the response reflects the IdP at or after
+    // this instant, and is only applied over user info whose fetch started earlier.
+    let fetch_ms = crate::session::fetch_stamp_ms();
     let info = match idp.user_info(&access).await {
         Ok(info) => {
             if info
@@ -334,13 +343,19 @@ async fn process_locked(state: &AppState, id: &str, now: i64) -> Result<Outcome,
         }
     };
 
-    // 3. Commit: this session gets the tokens and the user info; its siblings the user info.
+    // 3. Commit: this session gets the tokens and the user info; its siblings of the same
+    // OAuth client the user info; siblings of other clients are re-read at once with
+    // their own client. User info is applied only over an older fetch (never
+    // last-writer-wins: a concurrent, older response must not bring back a removed group).
     let token_refreshed = tokens.is_some();
+    let info_changed = info != session.user_info;
     let written = rewrite(state, id, |s| {
         if let Some(ts) = &tokens {
             apply_tokens(s, ts, now);
         }
-        s.user_info = info.clone();
+        apply_user_info(s, &info, fetch_ms);
+        // Even if a newer response was stored meanwhile, the stored one is at least as
+        // fresh as ours: not due again before the next interval.
         s.refresh.user_info_at = now;
         s.refresh.failures = 0;
         s.refresh.retry_at = 0;
@@ -351,14 +366,39 @@ async fn process_locked(state: &AppState, id: &str, now: i64) -> Result<Outcome,
     };
     let mut sessions_updated = 1;
     for sibling in state.sessions.list_for_user(&updated.user_id).await? {
-        if sibling.id == updated.id || sibling.client_id != updated.client_id {
+        if sibling.id == updated.id || sibling.refresh.user_info_fetched_ms >= fetch_ms {
+            // Itself, or a sibling whose user info is already newer than ours.
             continue;
         }
-        let r = rewrite(state, &sibling.id, |s| {
-            s.user_info = info.clone();
-            s.refresh.user_info_at = now;
-        })
-        .await;
+        let r = if sibling.client_id == updated.client_id {
+            rewrite_if(state, &sibling.id, |s| {
+                apply_user_info(s, &info, fetch_ms).then(|| s.refresh.user_info_at = now)
+            })
+            .await
+        } else if info_changed && sibling.user_info != info && sibling.refresh.user_info_at != 0 {
+            // Another OAuth client: its scopes (hence claims) may differ, so our response
+            // is never copied into it. The user changed, though: make it re-read user
+            // info with its own client now instead of at its next interval. Only on a
+            // change not already visible in the sibling, so two clients' sessions never
+            // keep rescheduling each other.
+            rewrite_if(state, &sibling.id, |s| {
+                (s.refresh.user_info_fetched_ms < fetch_ms && s.refresh.user_info_at != 0)
+                    .then(|| s.refresh.user_info_at = 0)
+            })
+            .await
+            .map(|marked| {
+                if marked.is_some() {
+                    tracing::debug!(
+                        session = short(&sibling.id),
+                        "user changed: another client's session re-reads user info now"
+                    );
+                }
+                // Rescheduled, not updated: not counted.
+                None
+            })
+        } else {
+            Ok(None)
+        };
         match r {
             Ok(Some(_)) => sessions_updated += 1,
             Ok(None) => {}
@@ -374,6 +414,17 @@ async fn process_locked(state: &AppState, id: &str, now: i64) -> Result<Outcome,
         token: token_refreshed,
         sessions_updated,
     })
+}
+
+/// Store `info` (fetched starting at `fetch_ms`) unless the session already holds a
+/// response whose fetch started later. Returns whether it was applied.
+fn apply_user_info(s: &mut Session, info: &UserInfo, fetch_ms: i64) -> bool {
+    if fetch_ms <= s.refresh.user_info_fetched_ms {
+        return false;
+    }
+    s.user_info = info.clone();
+    s.refresh.user_info_fetched_ms = fetch_ms;
+    true
 }
 
 fn apply_tokens(s: &mut Session, ts: &TokenSet, now: i64) {
@@ -412,6 +463,27 @@ async fn rewrite(
             return Ok(None);
         };
         f(&mut s);
+        if state.sessions.update(&mut s).await? {
+            return Ok(Some(s));
+        }
+    }
+    Err(SessionError::Conflict(short(id).to_owned()))
+}
+
+/// Like [`rewrite`], but `f` decides (on the freshly read copy) whether to write at all:
+/// `Ok(None)` if the session is gone or `f` declined.
+async fn rewrite_if(
+    state: &AppState,
+    id: &str,
+    f: impl Fn(&mut Session) -> Option<()>,
+) -> Result<Option<Session>, SessionError> {
+    for _ in 0..CAS_ATTEMPTS {
+        let Some(mut s) = state.sessions.get(id).await? else {
+            return Ok(None);
+        };
+        if f(&mut s).is_none() {
+            return Ok(None);
+        }
         if state.sessions.update(&mut s).await? {
             return Ok(Some(s));
         }

@@ -31,8 +31,16 @@ pub struct OAuthToken {
 pub struct RefreshState {
     /// Unix seconds of the last successful token refresh (0 = never since login).
     pub token_refreshed_at: i64,
-    /// Unix seconds of the newest user-info response.
+    /// Unix seconds of the last user-info refresh: drives the schedule (0 = due now; set
+    /// to 0 to make the identity manager re-read user info at once).
     pub user_info_at: i64,
+    /// Wall-clock unix milliseconds at which the stored user-info response's fetch
+    /// *started* (0 = unknown). A user-info result is applied only if its fetch started
+    /// later (compare-and-swap inside the rewrite), so of two concurrent refreshes the
+    /// older response can never overwrite the newer one (a removed group cannot come
+    /// back). Separate from `user_info_at`, which may be reset to 0 to reschedule.
+    #[serde(default)]
+    pub user_info_fetched_ms: i64,
     /// Consecutive IdP failures (drives the backoff).
     pub failures: u32,
     /// Unix seconds before which the identity manager must not retry (backoff).
@@ -199,6 +207,21 @@ pub fn flatten_claims(claims: &Map<String, Value>) -> Vec<Claim> {
         .collect()
 }
 
+/// A wall-clock timestamp (unix ms) for "a user-info fetch starts now", strictly
+/// increasing within this process (so two fetches here are always ordered, even within
+/// one millisecond). Across replicas ordering is as good as their clocks agree.
+pub fn fetch_stamp_ms() -> i64 {
+    use std::sync::atomic::{AtomicI64, Ordering};
+    static LAST: AtomicI64 = AtomicI64::new(0);
+    let now = crate::databroker::now_unix_ms();
+    let prev = LAST
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |last| {
+            Some(now.max(last.saturating_add(1)))
+        })
+        .unwrap_or(now);
+    now.max(prev.saturating_add(1))
+}
+
 /// What the login callback hands over to create a session.
 #[derive(Debug, Clone)]
 pub struct NewSession {
@@ -291,6 +314,8 @@ impl SessionService {
             refresh: RefreshState {
                 token_refreshed_at: now,
                 user_info_at: now,
+                // The login's user info was fetched just before this (an upper bound).
+                user_info_fetched_ms: fetch_stamp_ms(),
                 failures: 0,
                 retry_at: 0,
             },

@@ -250,7 +250,7 @@ async fn rotated_refresh_token_survives_a_user_info_failure() {
     let state = app(memory_store(), idp.clone(), settings());
     let s = login(&state, &idp, "u7", Default::default()).await;
     // Refresh works, then user info fails.
-    *idp.during_user_info.lock().unwrap() = Some(Box::new({
+    *idp.during_user_info.lock().unwrap() = Some(Arc::new({
         let idp = Arc::downgrade(&idp);
         move || {
             if let Some(idp) = idp.upgrade() {
@@ -289,7 +289,7 @@ async fn sign_out_during_a_refresh_is_not_undone() {
     let sessions = state.sessions.clone();
     let id = s.id.clone();
     let rt = tokio::runtime::Handle::current();
-    *idp.during_user_info.lock().unwrap() = Some(Box::new(move || {
+    *idp.during_user_info.lock().unwrap() = Some(Arc::new(move || {
         let sessions = sessions.clone();
         let id = id.clone();
         // The hook is sync; the store's delete resolves immediately for memory.
@@ -409,6 +409,7 @@ fn schedule_refreshes_before_expiry_and_spreads_user_info() {
             user_info_at: now,
             failures: 0,
             retry_at: 0,
+            ..Default::default()
         },
         version: 0,
     };
@@ -430,4 +431,121 @@ fn schedule_refreshes_before_expiry_and_spreads_user_info() {
     assert_eq!(next_due(&s, &st), now + 2 * HOUR);
     s.expires_at = now + 100;
     assert_eq!(next_due(&s, &st), now + 100);
+}
+
+#[tokio::test]
+async fn a_user_info_change_reaches_sessions_of_other_clients_through_their_own_client() {
+    // One user at the IdP, two OAuth clients (two routes with their own idp_client_id).
+    let idp = FakeIdp::new();
+    let idp_b = FakeIdp::new();
+    idp.add_user("u9", "u9@example.com", &["admins", "users"]);
+    idp_b.add_user("u9", "u9@example.com", &["admins", "users"]);
+    let state = app_two_clients(memory_store(), idp.clone(), idp_b.clone());
+    let a = login_with_client(&state, &idp, "u9", CLIENT).await;
+    let b = login_with_client(&state, &idp_b, "u9", CLIENT_B).await;
+
+    // The admin removes `admins`; client A's session is refreshed first.
+    idp.set_groups("u9", &["users"]);
+    idp_b.set_groups("u9", &["users"]);
+    let out = process_session(&state, &a.id, after_user_info_interval())
+        .await
+        .unwrap();
+    assert_eq!(
+        out,
+        Outcome::Refreshed {
+            token: false,
+            sessions_updated: 1
+        }
+    );
+    // Client A's response is never copied into client B's session…
+    let b1 = state.sessions.get(&b.id).await.unwrap().unwrap();
+    assert_eq!(b1.user_info, b.user_info);
+    assert_eq!(b1.claims["groups"], json!(["admins", "users"]));
+    // …but B is due right now, not at its next interval.
+    let now = now_unix();
+    let due = state.store.due(Kind::Session, now, 10).await.unwrap();
+    assert_eq!(due, vec![b.id.clone()]);
+    let calls_b = idp_b
+        .user_info_calls
+        .load(std::sync::atomic::Ordering::SeqCst);
+    let out = run_due_once(&state, now).await.unwrap();
+    assert_eq!(out.len(), 1);
+    assert_eq!(
+        idp_b
+            .user_info_calls
+            .load(std::sync::atomic::Ordering::SeqCst),
+        calls_b + 1,
+        "B re-read user info with its own client"
+    );
+    let b2 = state.sessions.get(&b.id).await.unwrap().unwrap();
+    assert_eq!(b2.claims["groups"], json!(["users"]));
+    assert_eq!(signed_groups(&state, &b.id).await, vec!["users"]);
+    assert_eq!(b2.oauth_token.access_token, b.oauth_token.access_token);
+    // No ping-pong: A already has this user info, so nothing else is due.
+    let due = state
+        .store
+        .due(Kind::Session, now_unix(), 10)
+        .await
+        .unwrap();
+    assert!(due.is_empty(), "{due:?}");
+}
+
+#[tokio::test]
+async fn an_older_concurrent_user_info_response_never_overwrites_a_newer_one() {
+    // Sessions A and B of one user and client are refreshed concurrently. A's fetch starts
+    // first but its (older) response commits last: it must not bring `admins` back.
+    let idp = FakeIdp::new();
+    idp.add_user("u10", "u10@example.com", &["admins", "users"]);
+    let state = app(memory_store(), idp.clone(), settings());
+    let a = login(&state, &idp, "u10", Default::default()).await;
+    let b = login(&state, &idp, "u10", Default::default()).await;
+    let at = after_user_info_interval();
+
+    let fired = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    {
+        let (state, idp2, b_id, fired) = (state.clone(), idp.clone(), b.id.clone(), fired.clone());
+        *idp.during_user_info.lock().unwrap() = Some(Arc::new(move || {
+            if fired.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                return; // only inside A's fetch
+            }
+            // While A's request is in flight: the group is removed, B is refreshed and
+            // commits the new user info (to B and, as a sibling, to A)…
+            idp2.set_groups("u10", &["users"]);
+            let (state, b_id) = (state.clone(), b_id.clone());
+            let out = std::thread::spawn(move || {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap()
+                    .block_on(process_session(&state, &b_id, at))
+                    .unwrap()
+            })
+            .join()
+            .unwrap();
+            assert_eq!(
+                out,
+                Outcome::Refreshed {
+                    token: false,
+                    sessions_updated: 2
+                }
+            );
+            // …and A's answer is the one the IdP produced before the change.
+            idp2.set_groups("u10", &["admins", "users"]);
+        }));
+    }
+    let out = process_session(&state, &a.id, at).await.unwrap();
+    assert!(fired.load(std::sync::atomic::Ordering::SeqCst));
+    assert!(matches!(out, Outcome::Refreshed { .. }), "{out:?}");
+    for id in [&a.id, &b.id] {
+        let s = state.sessions.get(id).await.unwrap().unwrap();
+        assert_eq!(
+            s.claims["groups"],
+            json!(["users"]),
+            "the older response was not applied"
+        );
+        assert_eq!(signed_groups(&state, id).await, vec!["users"]);
+    }
+    // A's refresh still counts as done (its stored info is newer than its own fetch).
+    let due = state.store.due(Kind::Session, at, 10).await.unwrap();
+    assert!(due.is_empty(), "{due:?}");
 }

@@ -25,6 +25,8 @@ use std::time::{Duration, Instant};
 
 pub const SHARED: [u8; 32] = [11; 32];
 pub const CLIENT: &str = "portcullis-test-client";
+/// A second OAuth client (a route with its own `idp_client_id`).
+pub const CLIENT_B: &str = "portcullis-test-client-b";
 
 // ---------------------------------------------------------------- temp dirs
 
@@ -277,7 +279,7 @@ pub struct FakeIdp {
     pub user_info_calls: AtomicUsize,
     counter: AtomicU64,
     /// Called inside `user_info` (e.g. to sign the session out mid-refresh).
-    pub during_user_info: Mutex<Option<Box<dyn Fn() + Send + Sync>>>,
+    pub during_user_info: Mutex<Option<Arc<dyn Fn() + Send + Sync>>>,
 }
 
 impl FakeIdp {
@@ -453,7 +455,9 @@ impl IdentityProvider for FakeIdp {
         self.user_info_calls.fetch_add(1, Ordering::SeqCst);
         let at = access_token.expose().to_owned();
         Box::pin(async move {
-            if let Some(hook) = self.during_user_info.lock().unwrap().as_ref() {
+            // Not called under the lock: a hook may itself run a refresh through this IdP.
+            let hook = self.during_user_info.lock().unwrap().clone();
+            if let Some(hook) = hook {
                 hook();
             }
             let sub = {
@@ -531,6 +535,45 @@ pub fn app(store: Arc<dyn Store>, idp: Arc<FakeIdp>, settings: Settings) -> AppS
         bundle: BundleHolder::new(Bundle::unchecked(b"bundle-v1".to_vec(), "v1")),
         login: None,
     })
+}
+
+/// App state with two OAuth clients: [`CLIENT`] through `idp`, [`CLIENT_B`] through `idp_b`.
+pub fn app_two_clients(store: Arc<dyn Store>, idp: Arc<FakeIdp>, idp_b: Arc<FakeIdp>) -> AppState {
+    let mut idps = IdpRegistry::new(CLIENT);
+    idps.insert(CLIENT, idp);
+    idps.insert(CLIENT_B, idp_b);
+    AppState::new(AppParts {
+        settings: settings(),
+        store,
+        idps,
+        signer: Arc::new(FakeSigner {
+            signatures: AtomicUsize::new(0),
+        }),
+        bundle: BundleHolder::new(Bundle::unchecked(b"bundle-v1".to_vec(), "v1")),
+        login: None,
+    })
+}
+
+/// Log `sub` in through `idp` as OAuth client `client_id`.
+pub async fn login_with_client(
+    state: &AppState,
+    idp: &FakeIdp,
+    sub: &str,
+    client_id: &str,
+) -> Session {
+    let (id_token, tokens, user_info) = idp.login(sub, &Map::new());
+    state
+        .sessions
+        .create_session(NewSession {
+            user_id: sub.to_owned(),
+            id_token,
+            tokens,
+            user_info,
+            client_id: client_id.to_owned(),
+            lifetime: Duration::from_secs(14 * 3600),
+        })
+        .await
+        .unwrap()
 }
 
 /// Log `sub` in through the fake IdP (what the login callback does).
