@@ -77,6 +77,7 @@ lint: deps-rust
 bench: deps wasm
 	@command -v wrk >/dev/null || { echo "installing wrk (apt)"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
 	$(CARGO) bench -p policy-compiler --bench eval -- --warm-up-time 1 --measurement-time 3
+	$(CARGO) build --release --target wasm32-wasip1 -p portcullis-bench-noop
 	$(CARGO) run -q -p portcullis-bench
 
 # Short runs of every cargo-fuzz target (nightly + cargo-fuzz, installed if missing).

@@ -7,6 +7,8 @@
 //! back-to-back runs of one configuration differ by about ±10 % on this machine:
 //!
 //! - **bare**: bare Envoy, the same request as *cache hit* (host `app`, session cookie);
+//! - **no-op wasm**: a proxy-wasm filter that continues every request (`bench/noop-filter`,
+//!   when built): what Envoy's V8 wasm machinery costs by itself;
 //! - **public**: the filter on a public route (the floor of the filter);
 //! - **cache hit**: the filter on a protected route with a valid session already cached
 //!   (cookie open, worker-cache hit, evaluation, identity headers added).
@@ -17,7 +19,9 @@
 //!
 //! Settings (environment): `BENCH_ROUNDS` (5), `BENCH_SECONDS` (6 per run),
 //! `BENCH_CONNECTIONS` (16), `BENCH_REPORT` (`target/bench/report.md`), `BENCH_NO_PIN`
-//! (set: no `taskset`). Envoy: `$PORTCULLIS_ENVOY`; module: `$PORTCULLIS_WASM`.
+//! (set: no `taskset`). Envoy: `$PORTCULLIS_ENVOY`; module: `$PORTCULLIS_WASM`; no-op
+//! module: `$BENCH_NOOP_WASM`, else `target/wasm32-wasip1/release/portcullis_bench_noop.wasm`
+//! (skipped with a note when missing).
 
 mod layout;
 mod report;
@@ -195,35 +199,82 @@ fn main() -> Result<()> {
         plugin_config: &plugin_config,
     };
 
+    let noop_wasm = std::env::var_os("BENCH_NOOP_WASM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            workspace_root().join("target/wasm32-wasip1/release/portcullis_bench_noop.wasm")
+        });
+    let noop_str = noop_wasm.display().to_string();
+
     let bare = start_envoy(None, &sidecar).context("starting bare Envoy")?;
     let filtered = start_envoy(Some(&filter), &sidecar).context("starting Envoy + filter")?;
+    let noop = if noop_wasm.is_file() {
+        let f = layout::Filter {
+            wasm: &noop_str,
+            plugin_config: "",
+        };
+        Some(start_envoy(Some(&f), &sidecar).context("starting Envoy + no-op wasm")?)
+    } else {
+        eprintln!(
+            "bench: {} missing (cargo build --release --target wasm32-wasip1 -p portcullis-bench-noop): no-op wasm floor skipped",
+            noop_wasm.display()
+        );
+        None
+    };
     if pinned {
-        pin(bare.pid(), ENVOY_CPU)?;
-        pin(filtered.pid(), ENVOY_CPU)?;
+        for envoy in [Some(&bare), Some(&filtered), noop.as_ref()]
+            .into_iter()
+            .flatten()
+        {
+            pin(envoy.pid(), ENVOY_CPU)?;
+        }
     }
     verify(&bare, &filtered, &cookie, &sidecar)?;
+    if let Some(n) = &noop {
+        let r = n.get("app.example.com", "/", &[("cookie", &cookie)])?;
+        ensure!(r.status == 200, "Envoy + no-op wasm answered {}", r.status);
+    }
 
-    let configs = [
+    // (configuration, its Envoy); the first is the baseline.
+    let mut configs = vec![(
         Config {
             name: "bare Envoy",
             what: "no wasm filter; same request as cache hit",
             host: "app.example.com",
         },
+        &bare,
+    )];
+    if let Some(n) = &noop {
+        configs.push((
+            Config {
+                name: "no-op wasm filter",
+                what: "continues every request: the V8 wasm floor",
+                host: "app.example.com",
+            },
+            n,
+        ));
+    }
+    configs.push((
         Config {
             name: "filter, public route",
             what: "strip headers, route by name, public → continue",
             host: "public.example.com",
         },
+        &filtered,
+    ));
+    configs.push((
         Config {
             name: "filter, cache hit",
             what: "protected route: cookie open, worker-cache hit, evaluate, identity headers",
             host: "app.example.com",
         },
-    ];
-    let envoy_of = |i: usize| if i == 0 { &bare } else { &filtered };
+        &filtered,
+    ));
     let load = |i: usize, duration: Duration| -> Result<(wrk::Sample, u64)> {
-        let envoy = envoy_of(i);
-        let host = configs.get(i).map_or("", |c| c.host);
+        let (config, envoy) = configs
+            .get(i)
+            .ok_or_else(|| anyhow!("no configuration {i}"))?;
+        let host = config.host;
         let before = cpu_time_us(envoy.pid(), ticks_per_s)?;
         let sample = wrk::run(&wrk::Load {
             addr: envoy.addr,
@@ -264,7 +315,7 @@ fn main() -> Result<()> {
             eprintln!(
                 "round {} {:<22} {:>9.0} req/s  p50 {:>5} µs  p99 {:>5} µs  Envoy CPU {:>5.1} µs/req",
                 round + 1,
-                configs.get(i).map_or("", |c| c.name),
+                configs.get(i).map_or("", |c| c.0.name),
                 sample.rps(),
                 sample.p50_us,
                 sample.p99_us,
@@ -307,6 +358,7 @@ fn main() -> Result<()> {
         load_after: load_after.trim().to_owned(),
         sidecar_lookups_during: lookups_during,
     };
+    let configs: Vec<Config> = configs.into_iter().map(|(c, _)| c).collect();
     let text = report::markdown(&configs, &runs, &meta);
     println!("{text}");
     if let Some(dir) = report_path.parent() {
