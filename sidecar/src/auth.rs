@@ -830,9 +830,14 @@ async fn callback_inner(state: &AppState, headers: &HeaderMap, uri: &Uri) -> Log
             "This sign-in was not started in this browser (missing or wrong CSRF cookie).",
         ));
     }
-    let route = login.route(&st.host).ok_or(LoginError::BadRequest(
-        "The application is no longer configured.",
-    ))?;
+    let route = login
+        .route(&st.host)
+        // The route's client changed since sign-in started: a session of the old client
+        // would not be accepted there (nor went through the new client's app assignment).
+        .filter(|r| r.client_id == st.client_id)
+        .ok_or(LoginError::BadRequest(
+            "The application is no longer configured.",
+        ))?;
     let return_url = urls::parse_redirect_target(&st.return_url)
         .ok_or(LoginError::BadRequest("Invalid return address."))?;
     let client = login.client(&st.client_id)?;
@@ -963,6 +968,13 @@ async fn handoff_inner(state: &AppState, headers: &HeaderMap, uri: &Uri) -> Logi
         .ok_or(LoginError::Unauthorized(
             "The session ended before it reached the application.",
         ))?;
+    if session.client_id != route.client_id {
+        // Defence in depth: a route with its own OAuth client only gets sessions of that
+        // client (sign-in never mints such a hand-off; a config change could).
+        return Err(LoginError::BadRequest(
+            "The sign-in hand-off is for another application.",
+        ));
+    }
     let (_, set_cookie) = login.session_cookie(&session, &route.host)?;
     Ok(with_cookies(redirect(return_url.as_str()), &[set_cookie]))
 }

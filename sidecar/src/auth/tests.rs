@@ -866,3 +866,52 @@ async fn signed_out_page_or_configured_redirect() {
     assert_eq!(r.status, StatusCode::FOUND);
     assert_eq!(r.location(), "https://intranet.test/bye");
 }
+
+#[tokio::test]
+async fn a_session_of_one_client_never_reaches_a_route_of_another_client() {
+    let (state, app) = app().await;
+    // A session of the default client, signed in on the authenticate host.
+    let session = make_session(&state, &["admins"]).await;
+    let login = state.login.as_ref().unwrap();
+    let (value, _) = login.session_cookie(&session, "auth.test:8000").unwrap();
+    let auth_cookie = format!("_pomerium={value}");
+    // Sign-in for the default client's route: single sign-on, straight to a hand-off.
+    let r = call(
+        &app,
+        "GET",
+        &signed(&format!("{APP}/a")),
+        Some(&auth_cookie),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::FOUND, "{}", r.body);
+    assert!(r.location().starts_with(APP), "{}", r.location());
+    // Sign-in for route B (its own client): no reuse, a full login with client B (the
+    // IdP is down here, so that login fails with 502 instead of handing off A's session).
+    call(
+        &app,
+        "GET",
+        &signed("https://secure.test/x"),
+        Some(&auth_cookie),
+        None,
+    )
+    .await
+    .assert_page(StatusCode::BAD_GATEWAY, "identity provider");
+    // A hand-off of the default client's session to route B is refused.
+    let t = handoff_token(
+        &state,
+        &session.id,
+        "secure.test",
+        "https://secure.test/x",
+        60,
+    );
+    call(
+        &app,
+        "GET",
+        &format!("https://secure.test/.pomerium/callback?pomerium_handoff={t}"),
+        None,
+        None,
+    )
+    .await
+    .assert_page(StatusCode::BAD_REQUEST, "another application");
+}
