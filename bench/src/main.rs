@@ -2,9 +2,10 @@
 //! Envoy in the same run.
 //!
 //! Envoys (`--concurrency 1`, pinned to CPU 0) with the same listener and route layout:
-//! one without any wasm filter, one with the release `filter.wasm`, one with a no-op module. `wrk` (pinned to CPU 1,
-//! 16 keep-alive connections) loads the configurations in interleaved rounds, because
-//! back-to-back runs of one configuration differ by about ±10 % on this machine:
+//! one without any wasm filter, one with the release `filter.wasm`, one with a no-op
+//! module. `wrk` (pinned to CPU 1, 16 keep-alive connections) loads the configurations in
+//! interleaved rounds, because back-to-back runs of one configuration differ by about ±10 %
+//! on this machine:
 //!
 //! - **bare**: bare Envoy, the same request as *cache hit* (host `app`, session cookie);
 //! - **no-op wasm**: a proxy-wasm filter that continues every request (`bench/noop-filter`,
