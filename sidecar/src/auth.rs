@@ -97,7 +97,10 @@ pub struct LoginState {
     authenticate_host: String,
     provider: Option<Arc<OidcProvider>>,
     clients: HashMap<String, Arc<OidcClient>>,
-    routes: Vec<RouteTarget>,
+    /// Swapped whole when the configuration reloads ([`LoginState::reload_routes`]).
+    routes: std::sync::RwLock<Arc<Vec<RouteTarget>>>,
+    /// The client of routes without their own `idp_client_id` (for reloads).
+    default_client_id: String,
     redirect_key: RedirectKey,
     flow: FlowKeys,
     cookie_key: CookieKey,
@@ -111,7 +114,7 @@ impl std::fmt::Debug for LoginState {
         f.debug_struct("LoginState")
             .field("authenticate", &self.authenticate.as_ref().map(Url::as_str))
             .field("clients", &self.clients.keys().collect::<Vec<_>>())
-            .field("routes", &self.routes)
+            .field("routes", &self.routes_now())
             .finish_non_exhaustive()
     }
 }
@@ -231,7 +234,8 @@ pub async fn setup(settings: &Settings) -> Result<Setup, StartupError> {
         authenticate_host,
         provider,
         clients,
-        routes,
+        routes: std::sync::RwLock::new(Arc::new(routes)),
+        default_client_id: default_client_id.clone(),
         redirect_key: RedirectKey::new(&settings.shared_secret),
         flow: FlowKeys::new(&settings.cookie_secret, &settings.shared_secret),
         cookie_key: CookieKey::new(&settings.cookie_secret),
@@ -254,6 +258,36 @@ pub async fn setup(settings: &Settings) -> Result<Setup, StartupError> {
         signer: Arc::new(signer),
         login: Arc::new(login),
     })
+}
+
+/// Re-read the routes from the configuration file whenever the policy bundle changes
+/// (hot reload), so hosts added or changed by a reload can sign in without a restart.
+/// Runs until the process ends; a file that fails to load keeps the routes in service.
+pub async fn watch_routes(state: AppState) {
+    let (Some(login), Some(path)) = (state.login.clone(), state.settings.config_file.clone())
+    else {
+        return;
+    };
+    let mut bundles = state.bundle.subscribe();
+    while bundles.changed().await.is_ok() {
+        match reload_routes_from_file(&login, &path) {
+            Ok(n) => tracing::info!(routes = n, "login routes reloaded"),
+            Err(e) => {
+                tracing::error!(error = %e, "reloading the login routes failed; keeping the current ones")
+            }
+        }
+    }
+}
+
+/// Load `path` (the shared configuration loader) and put its routes in service.
+pub fn reload_routes_from_file(
+    login: &LoginState,
+    path: &std::path::Path,
+) -> Result<usize, String> {
+    let loaded =
+        policy_compiler::config::load_file(path).map_err(|d| crate::bundle::diagnostics(&d))?;
+    let settings = Settings::from_config(&loaded.config, None).map_err(|e| e.to_string())?;
+    Ok(login.reload_routes(&settings))
 }
 
 /// Routes from `login_routes`, or (when the settings only list hosts) from `route_hosts`
@@ -484,11 +518,50 @@ fn now_u64() -> u64 {
 }
 
 impl LoginState {
-    /// The route configured for `authority` (normalised with the route's scheme).
-    pub fn route(&self, authority: &str) -> Option<&RouteTarget> {
-        self.routes
+    /// The route configured for `authority` (normalised with the route's scheme), with
+    /// Pomerium's host semantics: an exact host wins; otherwise the first route whose
+    /// host has `*` wildcards matching it (each `*` any run of characters, as
+    /// [`policy_compiler::eval::wildcard_host_matches`]). The answer's `host` is always
+    /// the concrete authority (never the pattern): hand-offs and cookies are bound to
+    /// the host the browser is on.
+    pub fn route(&self, authority: &str) -> Option<RouteTarget> {
+        let routes = self.routes_now();
+        if let Some(r) = routes
             .iter()
             .find(|r| r.host == urls::normalize_authority(authority, &r.scheme))
+        {
+            return Some(r.clone());
+        }
+        routes.iter().find_map(|r| {
+            let host = urls::normalize_authority(authority, &r.scheme);
+            (r.host.contains('*')
+                && !host.is_empty()
+                && !host.contains('*')
+                && policy_compiler::eval::wildcard_host_matches(&r.host, &host))
+            .then(|| RouteTarget {
+                scheme: r.scheme.clone(),
+                host,
+                client_id: r.client_id.clone(),
+            })
+        })
+    }
+
+    /// The routes in service.
+    pub fn routes_now(&self) -> Arc<Vec<RouteTarget>> {
+        self.routes
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Put the routes of reloaded `settings` in service (routes added by a policy hot
+    /// reload can sign in without a restart). OAuth clients are not reloaded: a route
+    /// naming a client unknown at startup gets a clear "not configured" page.
+    pub fn reload_routes(&self, settings: &Settings) -> usize {
+        let routes = route_targets(settings, &self.default_client_id);
+        let n = routes.len();
+        *self.routes.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(routes);
+        n
     }
 
     fn is_authenticate_host(&self, authority: &str) -> bool {
@@ -608,10 +681,7 @@ async fn current_session(
 }
 
 /// Validate a return URL: parseable, http(s), and on a configured route host.
-fn checked_return_url<'a>(
-    login: &'a LoginState,
-    raw: &str,
-) -> Result<(Url, &'a RouteTarget), LoginError> {
+fn checked_return_url(login: &LoginState, raw: &str) -> Result<(Url, RouteTarget), LoginError> {
     let url = urls::parse_redirect_target(raw).ok_or(LoginError::BadRequest(
         "The return address is not a valid web address.",
     ))?;
@@ -701,7 +771,7 @@ async fn sign_in_inner(state: &AppState, headers: &HeaderMap, uri: &Uri) -> Logi
             login,
             &session,
             &host,
-            route,
+            &route,
             &return_url,
             false,
             Vec::new(),
@@ -889,7 +959,7 @@ async fn callback_inner(state: &AppState, headers: &HeaderMap, uri: &Uri) -> Log
         login,
         &session,
         &host,
-        route,
+        &route,
         &return_url,
         st.programmatic,
         vec![clear_csrf],

@@ -51,7 +51,7 @@ pub const BUNDLE_POLL_INTERVAL: Duration = Duration::from_millis(250);
 pub const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Start the background tasks: identity manager, expiry sweep + gauges, change-stream
-/// metrics, bundle reloader (if `bundle_source` can change).
+/// metrics, bundle reloader (if `bundle_source` can change), login-route reloader.
 pub fn spawn_background(
     state: &AppState,
     bundle_source: bundle::BundleSource,
@@ -59,6 +59,7 @@ pub fn spawn_background(
     vec![
         tokio::spawn(identity::run(state.clone())),
         tokio::spawn(maintenance(state.clone())),
+        tokio::spawn(auth::watch_routes(state.clone())),
         tokio::spawn(bundle::watch_source(
             state.bundle.clone(),
             bundle_source,

@@ -915,3 +915,141 @@ async fn a_session_of_one_client_never_reaches_a_route_of_another_client() {
     .await
     .assert_page(StatusCode::BAD_REQUEST, "another application");
 }
+
+fn wildcard_settings() -> Settings {
+    let mut s = settings();
+    s.login_routes.push(LoginRoute {
+        from: "http://*.wild.test:8000".into(),
+        idp_client_id: None,
+    });
+    s.login_routes.push(LoginRoute {
+        from: "http://exact.wild.test:8000".into(),
+        idp_client_id: Some("route-b".into()),
+    });
+    s
+}
+
+#[tokio::test]
+async fn wildcard_route_hosts_can_sign_in() {
+    let (state, app) = app_with(wildcard_settings()).await;
+    let login = state.login.as_ref().unwrap();
+    // `*` is any run of characters; the answer names the concrete host, never the pattern.
+    let r = login.route("a.wild.test:8000").unwrap();
+    assert_eq!(
+        (r.host.as_str(), r.client_id.as_str()),
+        ("a.wild.test:8000", "default")
+    );
+    assert_eq!(
+        login.route("x.y.wild.test:8000").unwrap().host,
+        "x.y.wild.test:8000"
+    );
+    // An exact host wins over the wildcard (Pomerium's virtual hosts).
+    assert_eq!(
+        login.route("exact.wild.test:8000").unwrap().client_id,
+        "route-b"
+    );
+    for other in [
+        "wild.test:8000",
+        "a.wild.test:8001",
+        "a.wild.test.evil:8000",
+        "evil.test",
+    ] {
+        assert!(login.route(other).is_none(), "{other}");
+    }
+    // Sign-in is no longer refused with 400: it goes to the IdP (down here: 502).
+    call(
+        &app,
+        "GET",
+        &signed("http://a.wild.test:8000/x"),
+        None,
+        None,
+    )
+    .await
+    .assert_page(StatusCode::BAD_GATEWAY, "identity provider");
+    call(
+        &app,
+        "GET",
+        &signed("http://a.wild.test.evil:8000/x"),
+        None,
+        None,
+    )
+    .await
+    .assert_page(StatusCode::BAD_REQUEST, "configured applications");
+    // The hand-off works on the concrete host and only there.
+    let session = make_session(&state, &[]).await;
+    let ret = "http://a.wild.test:8000/x";
+    let t = handoff_token(&state, &session.id, "a.wild.test:8000", ret, 60);
+    let wrong = call(
+        &app,
+        "GET",
+        &format!("http://b.wild.test:8000/.pomerium/callback?pomerium_handoff={t}"),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(wrong.status, StatusCode::BAD_REQUEST);
+    let r = call(
+        &app,
+        "GET",
+        &format!("http://a.wild.test:8000/.pomerium/callback?pomerium_handoff={t}"),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::FOUND, "{}", r.body);
+    assert_eq!(r.location(), ret);
+}
+
+#[tokio::test]
+async fn login_routes_follow_a_config_reload() {
+    use base64::Engine as _;
+    let dir = std::env::temp_dir().join(format!(
+        "portcullis-login-reload-{}-{}",
+        std::process::id(),
+        tokens::random_b64(6).unwrap()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("config.yaml");
+    let b64 = |b: [u8; 32]| base64::engine::general_purpose::STANDARD.encode(b);
+    let yaml = format!(
+        "shared_secret: {}\ncookie_secret: {}\nauthenticate_service_url: http://auth.test:8000\n\
+         idp_provider_url: http://127.0.0.1:9\nidp_client_id: default\nidp_client_secret: s\n\
+         insecure_server: true\nroutes:\n  - from: http://new.test:8000\n    to: http://127.0.0.1:9\n    allow_public_unauthenticated_access: true\n",
+        b64([1; 32]),
+        b64([2; 32])
+    );
+    std::fs::write(&path, yaml).unwrap();
+    let mut s = settings();
+    s.config_file = Some(path.clone());
+    let (state, app) = app_with(s).await;
+    let login = state.login.clone().unwrap();
+    assert!(login.route("new.test:8000").is_none());
+    call(&app, "GET", &signed("http://new.test:8000/"), None, None)
+        .await
+        .assert_page(StatusCode::BAD_REQUEST, "configured applications");
+    // A policy reload (the bundle changes) refreshes the login routes.
+    let watcher = tokio::spawn(watch_routes(state.clone()));
+    tokio::task::yield_now().await;
+    state
+        .bundle
+        .replace(Bundle::unchecked(b"reloaded".to_vec(), "v-reloaded"));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while login.route("new.test:8000").is_none() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    watcher.abort();
+    let r = login.route("new.test:8000").expect("reloaded route");
+    assert_eq!(r.client_id, "default");
+    assert!(
+        login.route("app.test:8000").is_none(),
+        "removed routes are gone"
+    );
+    call(&app, "GET", &signed("http://new.test:8000/"), None, None)
+        .await
+        .assert_page(StatusCode::BAD_GATEWAY, "identity provider");
+    // A broken file keeps the routes in service.
+    std::fs::write(&path, "routes: [").unwrap();
+    assert!(reload_routes_from_file(&login, &path).is_err());
+    assert!(login.route("new.test:8000").is_some());
+    let _ = std::fs::remove_dir_all(&dir);
+}
