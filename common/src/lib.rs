@@ -16,4 +16,4 @@ pub mod keys;
 pub mod secret;
 pub mod signed_url;
 
-pub use secret::{Secret, SecretError};
+pub use secret::{Secret, SecretError, SecretString};

@@ -68,6 +68,44 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// A string secret (client secret, token, connection string, PEM key) whose `Debug` and
+/// `Display` print `***`, so it never reaches a log by accident.
+#[derive(Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(transparent))]
+pub struct SecretString(String);
+
+impl SecretString {
+    /// Wrap a secret.
+    pub fn new(value: impl Into<String>) -> Self {
+        SecretString(value.into())
+    }
+
+    /// The secret itself: only for code that hands it to its owner (an IdP, Redis, a key
+    /// parser). Never log it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<String> for SecretString {
+    fn from(value: String) -> Self {
+        SecretString(value)
+    }
+}
+
+impl fmt::Debug for SecretString {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SecretString(***)")
+    }
+}
+
+impl fmt::Display for SecretString {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -85,5 +123,12 @@ mod tests {
             Secret::from_base64("not base64!"),
             Err(SecretError::NotBase64)
         );
+    }
+
+    #[test]
+    fn secret_strings_never_print() {
+        let s = SecretString::new("hunter2");
+        assert_eq!(format!("{s:?} {s}"), "SecretString(***) ***");
+        assert_eq!(s.expose(), "hunter2");
     }
 }

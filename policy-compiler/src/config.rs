@@ -40,33 +40,8 @@ pub struct Loaded {
 }
 
 /// A string secret (client secret, connection string, PEM key) whose `Debug` and
-/// `Display` print `***`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct SecretString(String);
-
-impl SecretString {
-    /// Wrap a secret.
-    pub fn new(s: impl Into<String>) -> Self {
-        SecretString(s.into())
-    }
-
-    /// The secret itself. Never log it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for SecretString {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("SecretString(***)")
-    }
-}
-
-impl fmt::Display for SecretString {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("***")
-    }
-}
+/// `Display` print `***`: the one shared type, so the sidecar stores what the loader read.
+pub use portcullis_common::SecretString;
 
 /// A 32-byte secret and whether it was generated because the config did not set it.
 #[derive(Debug, Clone, PartialEq, Eq)]

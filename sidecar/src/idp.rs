@@ -13,34 +13,9 @@ use std::sync::Arc;
 /// A boxed, `Send` future: keeps the traits below dyn-compatible without `async_trait`.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// A token or other credential whose `Debug` prints `***`, so it never reaches a log.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct SecretString(String);
-
-impl SecretString {
-    /// Wrap a secret value.
-    pub fn new(value: impl Into<String>) -> Self {
-        SecretString(value.into())
-    }
-
-    /// The secret itself. Only callers that send it to its owner (the IdP) should use this.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for SecretString {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("***")
-    }
-}
-
-impl From<String> for SecretString {
-    fn from(value: String) -> Self {
-        SecretString(value)
-    }
-}
+/// A token or other credential whose `Debug` prints `***`, so it never reaches a log
+/// (the same type the config loader uses for client secrets).
+pub use portcullis_common::SecretString;
 
 /// An ID token whose signature, `iss`, `aud`, `exp` (and `nonce` at login) were verified.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
