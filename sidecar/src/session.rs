@@ -258,6 +258,8 @@ pub enum SessionError {
 pub struct SessionService {
     store: Arc<dyn Store>,
     cipher: RecordCipher,
+    /// Key of [`SessionService::user_key`] (derived from the databroker key).
+    user_key: Arc<portcullis_common::Secret>,
     identity: crate::settings::IdentitySettings,
 }
 
@@ -276,11 +278,31 @@ impl SessionService {
         shared_secret: &portcullis_common::Secret,
         identity: crate::settings::IdentitySettings,
     ) -> Self {
+        let databroker = portcullis_common::keys::derive(
+            shared_secret,
+            portcullis_common::keys::Purpose::Databroker,
+        );
+        let user_key = portcullis_common::keys::hmac_sha256(
+            databroker.expose(),
+            &[b"portcullis/databroker/user-id/v1"],
+        );
         SessionService {
             store,
             cipher: RecordCipher::new(shared_secret),
+            user_key: Arc::new(portcullis_common::Secret::from_bytes(user_key)),
             identity,
         }
+    }
+
+    /// The name a user id has in the databroker (record owner, user record id): a keyed
+    /// hash (HMAC-SHA256, key derived from the databroker key), base64url. Backends see
+    /// it in key names (`own:session:<it>`, `rec:user:<it>`), indexes and the change log,
+    /// so a `sub` that is an email address never appears at rest in plaintext.
+    pub fn user_key(&self, user_id: &str) -> String {
+        use base64::Engine as _;
+        let mac =
+            portcullis_common::keys::hmac_sha256(self.user_key.expose(), &[user_id.as_bytes()]);
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(mac)
     }
 
     /// The underlying store.
@@ -365,7 +387,10 @@ impl SessionService {
 
     /// Every live session of a user.
     pub async fn list_for_user(&self, user_id: &str) -> Result<Vec<Session>, SessionError> {
-        let recs = self.store.list_owned(Kind::Session, user_id).await?;
+        let recs = self
+            .store
+            .list_owned(Kind::Session, &self.user_key(user_id))
+            .await?;
         let mut out = Vec::with_capacity(recs.len());
         for rec in &recs {
             match self.decode_session(rec) {
@@ -380,7 +405,7 @@ impl SessionService {
 
     /// The user record.
     pub async fn get_user(&self, user_id: &str) -> Result<Option<User>, SessionError> {
-        match self.store.get(Kind::User, user_id).await? {
+        match self.store.get(Kind::User, &self.user_key(user_id)).await? {
             Some(rec) => {
                 let plain = self.cipher.open(Kind::User, &rec.id, &rec.data)?;
                 serde_json::from_slice(&plain)
@@ -416,11 +441,12 @@ impl SessionService {
             updated_at: now_unix(),
         };
         let plain = serde_json::to_vec(&user).map_err(|_| SessionError::Encoding)?;
-        let data = self.cipher.seal(Kind::User, &user.id, &plain)?;
+        let id = self.user_key(&user.id);
+        let data = self.cipher.seal(Kind::User, &id, &plain)?;
         self.store
             .put(Put {
                 kind: Kind::User,
-                id: user.id,
+                id,
                 owner: String::new(),
                 data,
                 expires_at: None,
@@ -442,7 +468,7 @@ impl SessionService {
         Ok(Put {
             kind: Kind::Session,
             id: session.id.clone(),
-            owner: session.user_id.clone(),
+            owner: self.user_key(&session.user_id),
             data,
             expires_at: Some(session.expires_at),
             due_at: Some(self.due_at(session)),

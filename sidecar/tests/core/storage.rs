@@ -306,17 +306,39 @@ async fn owners_due_and_leases(store: Arc<dyn Store>) {
 /// Sessions through the encrypting service: nothing secret reaches the backend.
 async fn encrypted_at_rest(store: Arc<dyn Store>) -> (Vec<Vec<u8>>, sidecar::AppState) {
     let idp = FakeIdp::new();
-    idp.add_user("user-enc", "enc@example.com", &["secret-group-xyz"]);
+    idp.add_user(
+        "sub-enc@example.org",
+        "enc@example.com",
+        &["secret-group-xyz"],
+    );
     let state = app(store.clone(), idp.clone(), settings());
     let s = login(
         &state,
         &idp,
-        "user-enc",
+        "sub-enc@example.org",
         obj(json!({"department": "dept-confidential"})),
     )
     .await;
     let rec = store.get(Kind::Session, &s.id).await.unwrap().unwrap();
-    let user = store.get(Kind::User, "user-enc").await.unwrap().unwrap();
+    // The user id is a keyed hash at rest (a `sub` may be an email address).
+    assert!(
+        store
+            .get(Kind::User, "sub-enc@example.org")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        store
+            .list_owned(Kind::Session, "sub-enc@example.org")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let key = state.sessions.user_key("sub-enc@example.org");
+    assert_eq!(key.len(), 43);
+    assert_eq!(rec.owner, key);
+    let user = store.get(Kind::User, &key).await.unwrap().unwrap();
     (vec![rec.data, user.data], state)
 }
 
@@ -328,6 +350,7 @@ fn assert_no_plaintext(blobs: &[Vec<u8>]) {
         b"secret-group-xyz",
         b"dept-confidential",
         b"enc@example.com",
+        b"sub-enc@example.org",
     ] {
         for b in blobs {
             assert!(
@@ -464,7 +487,11 @@ async fn redis_never_sees_a_plaintext_token_or_claim() {
     assert!(everything.len() > 5, "the scan must see the records");
     assert_no_plaintext(&everything);
     // …while the sidecar reads them back fine.
-    let ids: Vec<_> = state.sessions.list_for_user("user-enc").await.unwrap();
+    let ids: Vec<_> = state
+        .sessions
+        .list_for_user("sub-enc@example.org")
+        .await
+        .unwrap();
     assert_eq!(ids.len(), 1);
     assert_eq!(ids[0].groups(), vec!["secret-group-xyz"]);
     // A different shared_secret cannot read them.
