@@ -3,8 +3,9 @@
 //! [`Store`] is the backend contract, implemented in memory ([`memory::MemoryStore`], the
 //! default) and on Redis ([`redis::RedisStore`]). Backends store opaque bytes: callers
 //! encrypt record bodies with [`crypto::RecordCipher`] first, so a backend (and whoever
-//! reads its disk) never sees a token or a claim. Only ids, the owning user id, versions
-//! and timestamps are plaintext.
+//! reads its disk) never sees a token or a claim. Only ids, the owner (the session service
+//! passes a keyed hash of the user id, never the `sub` itself), versions and timestamps
+//! are plaintext.
 //!
 //! Every change (put or delete) gets the next value of one monotonically increasing
 //! version counter, committed atomically with the record and its change-log entry.
@@ -55,7 +56,8 @@ pub struct StoredRecord {
     pub id: String,
     /// Version of the last change to this record.
     pub version: u64,
-    /// Owning user id (sessions: the user; users: empty). Plaintext, for per-user lookups.
+    /// Owner (sessions: a keyed hash of the user id; users: empty). Plaintext, for
+    /// per-user lookups.
     pub owner: String,
     /// Unix seconds after which the record is gone (TTL); `None` = never.
     pub expires_at: Option<i64>,
