@@ -35,10 +35,19 @@ impl User {
             name: name.to_owned(),
             password: format!("{name}-password"),
             email: format!("{name}@example.com"),
-            full_name: format!("{} Example", name.to_uppercase()),
+            full_name: format!("{} Example", capitalize(name)),
             groups: groups.iter().map(|g| (*g).to_owned()).collect(),
         }
     }
+}
+
+/// `alice` → `Alice` (display names as a person would write them).
+fn capitalize(name: &str) -> String {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .map(|c| c.to_uppercase().chain(chars).collect())
+        .unwrap_or_default()
 }
 
 /// The real `oidc-provider` (tests/idp/idp.mjs).
