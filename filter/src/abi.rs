@@ -190,6 +190,11 @@ impl Host for EnvoyHost {
         String::from_utf8(bytes).ok().filter(|s| !s.is_empty())
     }
 
+    fn cluster_name(&self) -> Option<String> {
+        let bytes = hostcalls::get_property(vec!["xds", "cluster_name"]).ok()??;
+        String::from_utf8(bytes).ok().filter(|s| !s.is_empty())
+    }
+
     fn set_request_header(&mut self, name: &str, value: Option<&str>) {
         let r = match value {
             Some(v) => hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(v)),

@@ -19,6 +19,9 @@ pub trait Host {
     fn request_headers(&self) -> Vec<HeaderPair>;
     /// The matched Envoy route's name (`xds.route_name`), if any.
     fn route_name(&self) -> Option<String>;
+    /// The matched route's upstream cluster (`xds.cluster_name`), if any. Only asked for
+    /// when the route claims to be the sidecar's.
+    fn cluster_name(&self) -> Option<String>;
     /// Replace (or with `None`, remove) a request header of the current stream.
     fn set_request_header(&mut self, name: &str, value: Option<&str>);
     /// Answer the current stream locally (the upstream is never contacted).

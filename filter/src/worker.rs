@@ -279,7 +279,17 @@ impl<P: Policy> Worker<P> {
         let engine = &active.engine;
         let route_name = host.route_name();
         let route = match route_name.as_deref() {
-            Some(name) if name == self.cfg.sidecar_route_name => return Flow::Continue,
+            // A route named as the sidecar's passes only if it really goes to the sidecar:
+            // otherwise anyone who can name a route (an Istio VirtualService, say) could
+            // switch the filter off for any upstream.
+            Some(name) if name == self.cfg.sidecar_route_name => {
+                if host.cluster_name().as_deref() == Some(self.cfg.sidecar_cluster.as_str()) {
+                    return Flow::Continue;
+                }
+                log::warn!("route `{name}` is named as the sidecar's but goes elsewhere: refused");
+                decision::refuse(host, 403, reason::NO_ROUTE, req.request_id, req.accept);
+                return Flow::Responded;
+            }
             Some(name) => engine.route_by_id(name),
             None => {
                 if req.path.starts_with("/.pomerium/")

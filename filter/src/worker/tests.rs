@@ -112,6 +112,7 @@ struct FakeHost {
     current: u32,
     streams: HashMap<u32, Vec<HeaderPair>>,
     route_name: Option<String>,
+    cluster_name: Option<String>,
     responses: Vec<(u32, u32, Pairs, String)>,
     resumed: Vec<u32>,
     dispatched: Vec<(u32, String, Pairs)>,
@@ -131,6 +132,9 @@ impl Host for FakeHost {
     }
     fn route_name(&self) -> Option<String> {
         self.route_name.clone()
+    }
+    fn cluster_name(&self) -> Option<String> {
+        self.cluster_name.clone()
     }
     fn set_request_header(&mut self, name: &str, value: Option<&str>) {
         let hs = self.streams.entry(self.current).or_default();
@@ -632,10 +636,18 @@ fn internal_api_is_not_reachable_and_sidecar_paths_pass() {
         Flow::Continue
     );
     h.route_name = Some("portcullis-sidecar".into());
+    h.cluster_name = Some(w.cfg.sidecar_cluster.clone());
     assert_eq!(
         run(&mut w, &mut h, 4, request("anything", &[])),
         Flow::Continue
     );
+    // Named as the sidecar's route but sending elsewhere: refused, never passed.
+    h.cluster_name = Some("some-upstream".into());
+    assert_eq!(
+        run(&mut w, &mut h, 5, request("anything", &[])),
+        Flow::Responded
+    );
+    assert_eq!(h.responses.last().map(|r| r.1), Some(403));
 }
 
 #[test]
@@ -1054,6 +1066,9 @@ impl Host for QuietHost {
         Vec::new()
     }
     fn route_name(&self) -> Option<String> {
+        None
+    }
+    fn cluster_name(&self) -> Option<String> {
         None
     }
     fn set_request_header(&mut self, _: &str, _: Option<&str>) {

@@ -556,10 +556,25 @@ fn internal_api_paths_are_refused_and_sidecar_routes_pass() -> Result<()> {
             "/oauth2/callback",
             &[("x-pomerium-jwt-assertion", "x")],
         ),
-        &[("xds.route_name", "portcullis-sidecar")],
+        &[
+            ("xds.route_name", "portcullis-sidecar"),
+            ("xds.cluster_name", CLUSTER),
+        ],
     )?;
     assert_eq!(action, Action::Continue);
     assert_eq!(vm.stream(id)?.header("x-pomerium-jwt-assertion"), None);
+    // A route merely named like the sidecar's, sending elsewhere, is refused.
+    let (id, _) = vm.request(
+        &get("app.example.com", "/anything", &[]),
+        &[
+            ("xds.route_name", "portcullis-sidecar"),
+            ("xds.cluster_name", "some-upstream"),
+        ],
+    )?;
+    assert_eq!(
+        vm.stream(id)?.local_response.as_ref().map(|r| r.status),
+        Some(403)
+    );
     Ok(())
 }
 
