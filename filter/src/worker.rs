@@ -1004,6 +1004,12 @@ impl<P: Policy> Worker<P> {
             path.push_str("&epoch=");
             signed_url::percent_encode_into(epoch, &mut path);
         }
+        if let Some(active) = &self.active {
+            // Lets the sidecar answer at once when the bundle changed between two polls
+            // (a policy change must not wait out a whole long poll).
+            path.push_str("&bundle=");
+            signed_url::percent_encode_into(active.engine.version(), &mut path);
+        }
         match self.call_sidecar(host, &path, wait + self.cfg.session_timeout_ms + 3_000) {
             Some(token) => {
                 self.stream.in_flight = Some(token);

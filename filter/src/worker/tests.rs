@@ -691,8 +691,9 @@ fn change_stream_evicts_sessions_here_and_in_shared_data() {
     w.on_tick(&mut h);
     let (token, _, call) = h.dispatched.last().unwrap().clone();
     assert!(
-        call.iter()
-            .any(|(k, v)| k == ":path" && v == "/.portcullis/v1/changes?since=0&wait_ms=0")
+        call.iter().any(
+            |(k, v)| k == ":path" && v == "/.portcullis/v1/changes?since=0&wait_ms=0&bundle=v1"
+        )
     );
     let changes = ChangesResponse {
         version: 9,
@@ -704,10 +705,9 @@ fn change_stream_evicts_sessions_here_and_in_shared_data() {
     assert_eq!(w.cached_sessions(), 0);
     // The next poll is already out, with the cursor.
     let (_, _, call) = h.dispatched.last().unwrap().clone();
-    assert!(
-        call.iter()
-            .any(|(k, v)| k == ":path" && v == "/.portcullis/v1/changes?since=9&wait_ms=25000")
-    );
+    assert!(call.iter().any(
+        |(k, v)| k == ":path" && v == "/.portcullis/v1/changes?since=9&wait_ms=25000&bundle=v1"
+    ));
     // A second worker sees the tombstone in shared data, not the old session.
     let mut w2 = worker("");
     let calls = h.dispatched.len();
@@ -1348,9 +1348,8 @@ fn a_new_epoch_drops_everything_like_a_reset() {
     h.now += 500;
     w.on_tick(&mut h);
     let (t, _, call) = h.dispatched.last().unwrap().clone();
-    assert!(call.iter().any(
-        |(k, v)| k == ":path" && v == "/.portcullis/v1/changes?since=7&wait_ms=25000&epoch=e1"
-    ));
+    assert!(call.iter().any(|(k, v)| k == ":path"
+        && v == "/.portcullis/v1/changes?since=7&wait_ms=25000&epoch=e1&bundle=v1"));
     let restarted = ChangesResponse {
         version: 9,
         epoch: "e2".into(),

@@ -350,7 +350,11 @@ fn garbage_cookies_never_crash_or_reach_the_sidecar() -> Result<()> {
 fn start_stream(vm: &mut Vm, version: u64, bundle_version: &str) -> Result<()> {
     vm.tick()?;
     let poll = pending_poll(vm)?;
-    assert_eq!(poll.path(), "/.portcullis/v1/changes?since=0&wait_ms=0");
+    // The VM's current bundle rides along, so a bundle change between polls is answered at once.
+    assert_eq!(
+        poll.path(),
+        format!("/.portcullis/v1/changes?since=0&wait_ms=0&bundle={bundle_version}")
+    );
     vm.answer(
         poll.token,
         200,
@@ -394,7 +398,10 @@ fn change_stream_evicts_on_every_worker_and_shared_data_follows() -> Result<()> 
         let poll = pending_poll(w)?;
         assert_eq!(
             poll.path(),
-            "/.portcullis/v1/changes?since=10&wait_ms=25000&epoch=fixture-epoch"
+            format!(
+                "/.portcullis/v1/changes?since=10&wait_ms=25000&epoch=fixture-epoch&bundle={}",
+                s.version
+            )
         );
         w.answer(
             poll.token,
@@ -409,7 +416,10 @@ fn change_stream_evicts_on_every_worker_and_shared_data_follows() -> Result<()> 
         assert_eq!(session_calls(w).len(), 1);
         assert_eq!(
             pending_poll(w)?.path(),
-            "/.portcullis/v1/changes?since=11&wait_ms=25000&epoch=fixture-epoch"
+            format!(
+                "/.portcullis/v1/changes?since=11&wait_ms=25000&epoch=fixture-epoch&bundle={}",
+                s.version
+            )
         );
     }
     Ok(())
