@@ -32,6 +32,9 @@ pub struct EnvoySpec<'a> {
     /// Virtual hosts: (domain, Envoy route name = bundle route id). Every one goes to the
     /// upstream except the route named `portcullis-sidecar`, which goes to the sidecar.
     pub hosts: &'a [(&'a str, &'a str)],
+    /// More listeners, as YAML list items indented for `static_resources.listeners` (the
+    /// benchmark's in-Envoy `direct_response` upstream); empty for none.
+    pub extra_listeners: &'a str,
 }
 
 /// A running Envoy; killed (and its files removed) on drop.
@@ -109,8 +112,9 @@ static_resources:
 {wasm_filter}                  - name: envoy.filters.http.router
                     typed_config:
                       "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
-  clusters:
+{extra_listeners}  clusters:
 {upstream}{sidecar}"#,
+        extra_listeners = spec.extra_listeners,
         upstream = cluster("upstream", spec.upstream),
         sidecar = cluster("portcullis-sidecar", spec.sidecar),
         wasm_filter = if spec.without_filter {

@@ -45,6 +45,7 @@ fn world(extra_config: &str) -> Result<World> {
         upstream: upstream.addr(),
         sidecar: sidecar.addr(),
         without_filter: false,
+        extra_listeners: "",
         hosts: HOSTS,
     })?;
     Ok(World {
@@ -311,6 +312,7 @@ fn measure_cache_hit_latency() -> Result<()> {
         upstream: upstream.addr(),
         sidecar: w.sidecar.addr(),
         without_filter: true,
+        extra_listeners: "",
         hosts: HOSTS,
     })?;
     let median = |envoy: &Envoy, host: &str| -> Result<Duration> {
