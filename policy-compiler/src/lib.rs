@@ -24,4 +24,7 @@ pub mod oracle;
 #[cfg(feature = "frontend")]
 pub mod ppl;
 #[cfg(feature = "frontend")]
+#[doc(hidden)]
+pub mod testing;
+#[cfg(feature = "frontend")]
 pub mod value;
