@@ -12,15 +12,16 @@
 //! either result means sign-in, else deny ⇒ 403, allow ⇒ allow, else 403.
 
 mod decode;
+mod index;
 pub mod path;
 #[cfg(test)]
 mod tests;
 
 use core::cell::OnceCell;
 use std::borrow::Cow;
-use std::collections::BTreeMap;
 
 pub use decode::{BundleError, MAX_DEPTH, compile_route_regex};
+use index::Index;
 
 // ---------------------------------------------------------------------------------------------
 // Public input types
@@ -805,8 +806,10 @@ pub struct Engine {
     version: Box<str>,
     settings: Settings,
     routes: Box<[RouteData]>,
-    by_id: BTreeMap<Box<str>, u32>,
-    hosts: BTreeMap<Box<str>, Box<[u32]>>,
+    /// Route id → first route with that id.
+    by_id: Index<u32>,
+    /// Exact host key → its routes, in definition order.
+    hosts: Index<Box<[u32]>>,
     wildcard: Box<[u32]>,
     zones: Box<[ZoneTable]>,
 }
@@ -1162,7 +1165,7 @@ impl Engine {
         version: Box<str>,
         settings: Settings,
         routes: Box<[RouteData]>,
-        hosts: BTreeMap<Box<str>, Box<[u32]>>,
+        hosts: Index<Box<[u32]>>,
         wildcard: Box<[u32]>,
         zones: Box<[ZoneTable]>,
     ) -> Engine {

@@ -3,10 +3,9 @@
 //! their operands, tree shape (children before parents, each node used once, bounded depth),
 //! zone tables and route regexes (compiled here with `regex-lite`).
 
-use std::collections::BTreeMap;
-
 use prost::Message as _;
 
+use super::index::Index;
 use super::{
     CNode, CertCond, Engine, K, LCond, Node, OpKind, PathMatch, RouteData, SCond, Settings,
     TermData, ZoneTable,
@@ -192,7 +191,7 @@ pub(super) fn from_bundle(b: bundle::Bundle) -> Result<Engine, BundleError> {
         }
         Ok(list.into())
     };
-    let mut hosts = BTreeMap::new();
+    let mut hosts = Index::default();
     for h in &b.hosts {
         let key = st.get(h.host_str)?;
         let list = check_routes(&h.routes)?;
