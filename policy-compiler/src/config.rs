@@ -289,6 +289,9 @@ pub struct Config {
     /// Portcullis: `policy_bundle_file`: a prebuilt bundle the sidecar serves instead of
     /// compiling `routes` itself.
     pub policy_bundle_file: Option<PathBuf>,
+    /// Portcullis: `ext_authz_address`: where the sidecar serves external authorization
+    /// (Envoy `ext_authz` HTTP + gRPC, nginx `auth_request`); unset = off.
+    pub ext_authz_address: Option<BindAddress>,
 }
 
 /// How a route matches the request path (Pomerium's `prefix` / `path` / `regex`; at most

@@ -142,25 +142,36 @@ async fn session(
     if q.aud.is_empty() {
         return Err(AppError::BadRequest("missing `aud`"));
     }
+    Ok(protobuf(&session_response(&state, &q.id, &q.aud).await?))
+}
+
+/// One session's policy view and identity JWT for `audience`, exactly as the filter
+/// receives them from [`api::PATH_SESSION`]: `found=false` for an unknown, deleted or
+/// expired id. Shared by the internal API and [`crate::ext_authz`], so both answer from
+/// the same record with the same JWT cache.
+pub async fn session_response(
+    state: &AppState,
+    id: &str,
+    audience: &str,
+) -> Result<SessionResponse, AppError> {
     state.metrics.session_lookups.inc();
-    let not_found = || protobuf(&SessionResponse::default());
-    let Some(session) = state.sessions.get(&q.id).await? else {
-        return Ok(not_found());
+    let Some(session) = state.sessions.get(id).await? else {
+        return Ok(SessionResponse::default());
     };
     if session.expires_at <= now_unix() {
-        return Ok(not_found());
+        return Ok(SessionResponse::default());
     }
     let view = session.view(&state.settings.jwt_claims_headers);
     let (jwt, exp) =
         state
             .jwt_cache
-            .get_or_sign(&session, &q.aud, state.signer.as_ref(), &state.metrics)?;
-    Ok(protobuf(&SessionResponse {
+            .get_or_sign(&session, audience, state.signer.as_ref(), &state.metrics)?;
+    Ok(SessionResponse {
         found: true,
         view: Some(view),
         identity_jwt: jwt,
         jwt_expires_at: exp.min(session.expires_at),
-    }))
+    })
 }
 
 #[derive(Debug, Deserialize)]

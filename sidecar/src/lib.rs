@@ -7,6 +7,8 @@
 //! - [`identity`]: the identity manager that keeps every session's claims true (token
 //!   refresh, user-info refresh, termination);
 //! - [`internal_api`]: what the filter calls (session views, change stream, bundle);
+//! - [`ext_authz`]: external authorization for proxies without the filter (Envoy
+//!   `ext_authz` HTTP + gRPC, nginx `auth_request`), same decisions;
 //! - [`bundle`]: the policy bundle in service, reloaded on change;
 //! - [`metrics`], [`settings`], [`state`], [`error`]: plumbing.
 
@@ -14,6 +16,7 @@ pub mod auth;
 pub mod bundle;
 pub mod databroker;
 pub mod error;
+pub mod ext_authz;
 pub mod identity;
 pub mod idp;
 pub mod internal_api;

@@ -4,23 +4,31 @@ use anyhow::{Context, Result, anyhow, bail};
 use sidecar::settings::{LogFormat, Settings};
 use std::path::{Path, PathBuf};
 
-fn config_path() -> Result<PathBuf> {
+const USAGE: &str = "usage: sidecar --config config.yaml [--print-ext-authz-token]";
+
+/// The command line: the config file, and whether to only print the ext_authz caller token.
+fn args() -> Result<(PathBuf, bool)> {
     let mut args = std::env::args().skip(1);
     let mut path = None;
+    let mut print_token = false;
     while let Some(a) = args.next() {
         match a.as_str() {
             "--config" | "-c" => path = args.next().map(PathBuf::from),
             s if s.starts_with("--config=") => {
                 path = s.strip_prefix("--config=").map(PathBuf::from)
             }
+            "--print-ext-authz-token" => print_token = true,
             "--help" | "-h" => {
-                println!("usage: sidecar --config config.yaml");
+                println!("{USAGE}");
                 std::process::exit(0);
             }
-            other => bail!("unknown argument `{other}` (usage: sidecar --config config.yaml)"),
+            other => bail!("unknown argument `{other}` ({USAGE})"),
         }
     }
-    path.context("missing --config <file> (usage: sidecar --config config.yaml)")
+    Ok((
+        path.with_context(|| format!("missing --config <file> ({USAGE})"))?,
+        print_token,
+    ))
 }
 
 /// Load the config with the shared loader (Pomerium options, environment overrides).
@@ -60,9 +68,14 @@ fn init_logging(settings: &Settings) {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let path = config_path()?;
+    let (path, print_token) = args()?;
     let loaded = load_config(&path)?;
     let mut settings = Settings::from_config(&loaded.config, Some(path.clone()))?;
+    if print_token {
+        // The value proxies send in `x-portcullis-ext-authz-token` (see docs/ext_authz.md).
+        println!("{}", settings.api_token());
+        return Ok(());
+    }
     settings.log_format = log_format()?;
     init_logging(&settings);
     for w in loaded.warnings.iter() {
@@ -100,6 +113,7 @@ async fn run(settings: Settings, config: &policy_compiler::config::Config) -> Re
         .context("setting up the login flow")?;
     let address = settings.address;
     let metrics_address = settings.metrics_address;
+    let ext_authz_address = settings.ext_authz_address;
     let state = sidecar::AppState::new(sidecar::AppParts {
         settings,
         store,
@@ -118,6 +132,18 @@ async fn run(settings: Settings, config: &policy_compiler::config::Config) -> Re
         tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, app).await {
                 tracing::error!(error = %e, "metrics listener failed");
+            }
+        });
+    }
+    if let Some(addr) = ext_authz_address {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding ext_authz_address {addr}"))?;
+        let app = sidecar::ext_authz::router(state.clone());
+        tracing::info!(%addr, "ext_authz listening (Envoy HTTP + gRPC, nginx auth_request)");
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                tracing::error!(error = %e, "ext_authz listener failed");
             }
         });
     }

@@ -108,6 +108,9 @@ pub struct Settings {
     pub address: SocketAddr,
     /// Separate Prometheus listener (`metrics_address`); none = no metrics endpoint.
     pub metrics_address: Option<SocketAddr>,
+    /// External authorization listener (`ext_authz_address`, see [`crate::ext_authz`]);
+    /// none = off.
+    pub ext_authz_address: Option<SocketAddr>,
     /// `shared_secret`: internal API token, databroker encryption, hand-off key.
     pub shared_secret: Secret,
     /// `cookie_secret`: session cookie, CSRF.
@@ -173,6 +176,7 @@ impl Settings {
         Settings {
             address: SocketAddr::from(([127, 0, 0, 1], DEFAULT_PORT)),
             metrics_address: None,
+            ext_authz_address: None,
             shared_secret,
             cookie_secret,
             cookie_name: "_pomerium".to_owned(),
@@ -328,6 +332,11 @@ impl Settings {
             .metrics_address
             .as_ref()
             .map(|a| bind("metrics_address", a))
+            .transpose()?;
+        s.ext_authz_address = config
+            .ext_authz_address
+            .as_ref()
+            .map(|a| bind("ext_authz_address", a))
             .transpose()?;
         s.cookie_name = config.cookie_name.clone();
         s.cookie_expire = config.cookie_expire;

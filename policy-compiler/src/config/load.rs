@@ -76,6 +76,7 @@ const TOP: &[(&str, Kind)] = &[
     ("identity_user_info_refresh_interval", Kind::Scalar),
     ("sidecar_address", Kind::Scalar),
     ("policy_bundle_file", Kind::Scalar),
+    ("ext_authz_address", Kind::Scalar),
 ];
 
 /// Load a config file, with the process environment overriding it. Relative `*_file`
@@ -504,6 +505,9 @@ impl Loader<'_> {
         let policy_bundle_file = self.opt("policy_bundle_file", |r, v, base| {
             readable_file(r, "policy_bundle_file", v, base).map(|(p, _)| p)
         });
+        let ext_authz_address = self.opt("ext_authz_address", |r, v, _| {
+            bind_address(r, "ext_authz_address", v)
+        });
 
         Config {
             file: file.to_owned(),
@@ -541,6 +545,7 @@ impl Loader<'_> {
             identity_user_info_refresh_interval,
             sidecar_address,
             policy_bundle_file,
+            ext_authz_address,
         }
     }
 

@@ -36,6 +36,7 @@ fn defaults_are_pomeriums() {
     assert_eq!(c.log_level, LogLevel::Info);
     assert_eq!(c.address.to_string(), ":443");
     assert_eq!(c.sidecar_address.to_string(), "127.0.0.1:5080");
+    assert!(c.ext_authz_address.is_none());
     assert_eq!(
         c.identity_user_info_refresh_interval,
         Duration::from_secs(600)
@@ -440,6 +441,7 @@ log_level: WARN
 metrics_address: 127.0.0.1:9090
 identity_user_info_refresh_interval: 5m
 sidecar_address: "[::1]:5081"
+ext_authz_address: 127.0.0.1:5090
 "#,
     ))
     .unwrap()
@@ -464,4 +466,5 @@ sidecar_address: "[::1]:5081"
         Duration::from_secs(300)
     );
     assert_eq!(c.sidecar_address.to_string(), "[::1]:5081");
+    assert_eq!(c.ext_authz_address.unwrap().to_string(), "127.0.0.1:5090");
 }
