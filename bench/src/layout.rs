@@ -1,40 +1,94 @@
-//! The Envoy bootstrap every configuration runs: the filter tests' layout
-//! (`proxy_wasm_test_host::envoy::bootstrap`: same listener, virtual hosts and route names, with
-//! or without a wasm module), plus an upstream that costs as little as possible.
+//! The Envoy bootstraps of the scenarios: the filter tests' layout
+//! (`proxy_wasm_test_host::envoy::bootstrap_with`: same listener, virtual hosts and route
+//! names), each with its own HTTP filters, plus an upstream that costs as little as
+//! possible (`direct_response` on a second listener of the same Envoy).
 
 use proxy_wasm_test_host::envoy::{self, EnvoySpec};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 
-/// The virtual hosts of the benchmark: (domain, Envoy route name = bundle route id). The
-/// same layout as the filter's Envoy tests, so the filter finds its routes by name.
-pub const HOSTS: &[(&str, &str)] = &[
-    ("app.example.com", "app"),
-    ("admin.example.com", "admin"),
-    ("public.example.com", "public"),
-    ("authenticate.example.com", "portcullis-sidecar"),
-];
-
-/// The response header the upstream sets from the request's `x-pomerium-claim-email`, so the
-/// harness can check that the filter really added identity headers on the measured path.
+/// Response header carrying what the upstream saw as `x-pomerium-claim-email`.
 pub const SEEN_EMAIL_HEADER: &str = "x-bench-seen-email";
+/// Response header carrying the first 10 characters of the `x-pomerium-jwt-assertion`
+/// the upstream saw (enough to see a JWT arrived, without copying it on every answer).
+pub const SEEN_JWT_HEADER: &str = "x-bench-seen-jwt";
 
-/// The filter part of the bootstrap; absent = bare Envoy.
-pub struct Filter<'a> {
-    /// The module.
-    pub wasm: &'a str,
-    /// The plugin configuration JSON.
-    pub plugin_config: &'a str,
+/// What sits in front of the router.
+pub enum Filters<'a> {
+    /// Nothing: bare Envoy.
+    None,
+    /// A proxy-wasm module with its plugin configuration (the Portcullis filter or the
+    /// no-op module).
+    Wasm {
+        /// Module path.
+        wasm: &'a str,
+        /// Plugin configuration JSON.
+        plugin_config: &'a str,
+    },
+    /// `envoy.filters.http.jwt_authn` with one provider and an inline JWKS.
+    JwtAuthn {
+        /// Expected `iss`.
+        issuer: &'a str,
+        /// Expected `aud`.
+        audience: &'a str,
+        /// The JWKS JSON.
+        jwks: &'a str,
+    },
+    /// `envoy.filters.http.ext_authz` (YAML list item for `http_filters`) and the clusters
+    /// it needs (YAML list items for `clusters`), written by the caller.
+    #[expect(
+        dead_code,
+        reason = "scenario 3 (ext_authz) uses it once the sidecar serves ext_authz"
+    )]
+    Raw {
+        /// HTTP filter YAML.
+        filter: String,
+        /// Cluster YAML.
+        clusters: String,
+    },
 }
 
-/// One Envoy: listener `main` (the measured one) routes to cluster `upstream`, which is a
-/// second listener of the same Envoy answering with `direct_response` — no extra process, so
-/// the only difference between configurations is the filter. Both Envoy hops are in every
-/// configuration's numbers alike.
-pub fn bootstrap(filter: Option<&Filter<'_>>, upstream_port: u16, sidecar: SocketAddr) -> String {
+fn yaml_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+fn jwt_authn(issuer: &str, audience: &str, jwks: &str) -> String {
+    format!(
+        r#"                  - name: envoy.filters.http.jwt_authn
+                    typed_config:
+                      "@type": type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication
+                      providers:
+                        bench:
+                          issuer: {issuer}
+                          audiences: [{audience}]
+                          forward: true
+                          local_jwks:
+                            inline_string: {jwks}
+                          claim_to_headers:
+                            - header_name: x-pomerium-claim-email
+                              claim_name: email
+                      rules:
+                        - match: {{ prefix: "/" }}
+                          requires: {{ provider_name: bench }}
+"#,
+        issuer = yaml_quote(issuer),
+        audience = yaml_quote(audience),
+        jwks = yaml_quote(jwks),
+    )
+}
+
+/// The bootstrap: `hosts` routed by name to the in-Envoy upstream listener on
+/// `upstream_port`, the sidecar route to `sidecar`.
+pub fn bootstrap(
+    filters: &Filters<'_>,
+    hosts: &[(String, String)],
+    upstream_port: u16,
+    sidecar: SocketAddr,
+) -> String {
+    // The upstream: a second listener answering `200 ok` itself, echoing the identity the
+    // request carried into response headers so the harness can check it.
     let upstream_listener = format!(
         r#"    - name: upstream
-      stat_prefix: upstream
       address:
         socket_address: {{ address: 127.0.0.1, port_value: {upstream_port} }}
       filter_chains:
@@ -53,19 +107,69 @@ pub fn bootstrap(filter: Option<&Filter<'_>>, upstream_port: u16, sidecar: Socke
                           direct_response: {{ status: 200, body: {{ inline_string: "ok\n" }} }}
                           response_headers_to_add:
                             - header: {{ key: {SEEN_EMAIL_HEADER}, value: "%REQ(x-pomerium-claim-email)%" }}
+                            - header: {{ key: {SEEN_JWT_HEADER}, value: "%REQ(x-pomerium-jwt-assertion):10%" }}
                 http_filters:
                   - name: envoy.filters.http.router
                     typed_config:
                       "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
 "#
     );
-    envoy::bootstrap(&EnvoySpec {
-        wasm: PathBuf::from(filter.map_or("", |f| f.wasm)),
-        plugin_config: filter.map_or("", |f| f.plugin_config),
+    let host_refs: Vec<(&str, &str)> = hosts
+        .iter()
+        .map(|(h, r)| (h.as_str(), r.as_str()))
+        .collect();
+    let (wasm, plugin_config) = match filters {
+        Filters::Wasm {
+            wasm,
+            plugin_config,
+        } => (*wasm, *plugin_config),
+        _ => ("", ""),
+    };
+    let spec = EnvoySpec {
+        wasm: PathBuf::from(wasm),
+        plugin_config,
         upstream: SocketAddr::from((Ipv4Addr::LOCALHOST, upstream_port)),
         sidecar,
-        without_filter: filter.is_none(),
-        hosts: HOSTS,
+        without_filter: !matches!(filters, Filters::Wasm { .. }),
+        hosts: &host_refs,
         extra_listeners: &upstream_listener,
-    })
+    };
+    match filters {
+        Filters::None | Filters::Wasm { .. } => envoy::bootstrap(&spec),
+        Filters::JwtAuthn {
+            issuer,
+            audience,
+            jwks,
+        } => envoy::bootstrap_with(&spec, &jwt_authn(issuer, audience, jwks), ""),
+        Filters::Raw { filter, clusters } => envoy::bootstrap_with(&spec, filter, clusters),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layouts_share_listener_and_routes_and_differ_in_filters() {
+        let hosts = vec![("admin.example.com".to_owned(), "route-1".to_owned())];
+        let sidecar: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let bare = bootstrap(&Filters::None, &hosts, 1234, sidecar);
+        let jwt = bootstrap(
+            &Filters::JwtAuthn {
+                issuer: "iss",
+                audience: "aud",
+                jwks: r#"{"keys":[]}"#,
+            },
+            &hosts,
+            1234,
+            sidecar,
+        );
+        for y in [&bare, &jwt] {
+            assert!(y.contains("name: route-1"));
+            assert!(y.contains("port_value: 1234"));
+            assert!(y.contains("envoy.filters.http.router"));
+        }
+        assert!(!bare.contains("jwt_authn") && !bare.contains("envoy.filters.http.wasm"));
+        assert!(jwt.contains("jwt_authn") && jwt.contains(r#"inline_string: '{"keys":[]}'"#));
+    }
 }

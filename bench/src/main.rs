@@ -1,46 +1,133 @@
-//! `make bench`: what the Portcullis filter costs inside real Envoy, measured against bare
-//! Envoy in the same run.
+//! `make bench`: where Portcullis stands against the other ways to put authorization in
+//! front of an Envoy upstream — issue 7's scenarios, measured in one interleaved run on
+//! loopback, every headline figure a ratio against bare Envoy of the same round.
 //!
-//! Envoys (`--concurrency 1`, pinned to CPU 0) with the same listener and route layout:
-//! one without any wasm filter, one with the release `filter.wasm`, one with a no-op
-//! module. `wrk` (pinned to CPU 1, 16 keep-alive connections) loads the configurations in
-//! interleaved rounds, because back-to-back runs of one configuration differ by about ±10 %
-//! on this machine:
+//! 1. bare Envoy (no auth): the physical limit;
+//! 2. Envoy + the Portcullis filter, cached session, the seed config's `admin` policy
+//!    (domain + group claim), identity JWT on — the headline;
+//! 3. Envoy + `ext_authz` (HTTP and gRPC) calling the sidecar (same evaluator, same
+//!    session store);
+//! 4. Envoy's native `jwt_authn` verifying an ES256 bearer token;
+//! 5. the filter's cache-miss path (first request of fresh sessions: a sidecar lookup);
+//! 6. revocation: from a sign-out / group removal committed in the sidecar to the first
+//!    denied request on every worker;
 //!
-//! - **bare**: bare Envoy, the same request as *cache hit* (host `app`, session cookie);
-//! - **no-op wasm**: a proxy-wasm filter that continues every request (`bench/noop-filter`,
-//!   when built): what Envoy's V8 wasm machinery costs by itself;
-//! - **public**: the filter on a public route (the floor of the filter);
-//! - **cache hit**: the filter on a protected route with a valid session already cached
-//!   (cookie open, worker-cache hit, evaluation, identity headers added).
+//! plus the no-op wasm module (the V8 floor) as a reference row, and the sidecar's memory
+//! per 100 000 sessions (memory and Redis databroker).
 //!
-//! The session is real for the filter: the fake sidecar of the filter's Envoy tests answers
-//! the one miss, and the cookie is sealed with the plugin's `cookie_secret`. Everything runs
-//! on loopback; Envoys and the sidecar are children/threads dropped at the end.
+//! The sidecar is real: `portcullis-bench sidecar-child` (this binary, re-executed) runs
+//! the `sidecar` library seeded with sessions ([`child`]). Envoys (`--concurrency 1`) and
+//! the sidecar are pinned to CPU 0, wrk and this harness to CPU 1. See docs/benchmarks.md.
 //!
-//! Settings (environment): `BENCH_ROUNDS` (5), `BENCH_SECONDS` (6 per run),
-//! `BENCH_CONNECTIONS` (16), `BENCH_REPORT` (`target/bench/report.md`), `BENCH_NO_PIN`
-//! (set: no `taskset`). Envoy: `$PORTCULLIS_ENVOY`; module: `$PORTCULLIS_WASM`; no-op
-//! module: `$BENCH_NOOP_WASM`, else `target/wasm32-wasip1/release/portcullis_bench_noop.wasm`
-//! (skipped with a note when missing).
+//! Usage: `portcullis-bench [--quick | --smoke] [--out DIR]`. Full runs write
+//! `bench/results/<date>.md` and `.svg`; `--quick` (≈1 min) and `--smoke` (the test's
+//! run, seconds) write to `target/bench/` (or `--out`), never over committed results.
 
+mod child;
+mod config;
 mod layout;
+mod openloop;
 mod report;
+mod revocation;
+mod svg;
 mod wrk;
 
 use anyhow::{Context as _, Result, anyhow, bail, ensure};
+use child::SeededSidecar;
+use config::{ADMIN_HOST, ADMIN_PATH, AUTHENTICATE_HOST, BenchConfig};
+use layout::{Filters, SEEN_EMAIL_HEADER, SEEN_JWT_HEADER};
 use proxy_wasm_test_host::envoy::{Envoy, envoy_path};
-use proxy_wasm_test_host::fixtures::{self, User};
-use proxy_wasm_test_host::sidecar::FakeSidecar;
 use proxy_wasm_test_host::wasm_path;
-use report::{Config, Run};
+use report::{ClosedRun, MemoryRow, Meta, OpenRun, Results, RevocationRow, ScenarioRow};
+use revocation::Revocation;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// CPU for Envoy and CPU for wrk when pinning.
-const ENVOY_CPU: u32 = 0;
-const WRK_CPU: u32 = 1;
+/// CPU for Envoy (and the sidecar) and CPU for the load generators when pinning.
+const SERVER_CPU: u32 = 0;
+const LOAD_CPU: u32 = 1;
+
+/// How much to measure.
+#[derive(Debug, Clone)]
+struct Params {
+    mode: &'static str,
+    rounds: u64,
+    seconds: u64,
+    open_seconds: u64,
+    warmup_seconds: u64,
+    connections: u32,
+    open_connections: u32,
+    /// Fresh sessions per cache-miss run.
+    miss_per_run: usize,
+    /// Sessions seeded into the main sidecar (at least what the scenarios use).
+    sessions: usize,
+    /// Revocation trials per kind.
+    trials: usize,
+    /// Sessions seeded into the Redis-backed sidecar for the memory figure.
+    redis_sessions: usize,
+}
+
+impl Params {
+    fn for_mode(mode: &str) -> Result<Params> {
+        let mut p = match mode {
+            "full" => Params {
+                mode: "full",
+                rounds: 5,
+                seconds: 6,
+                open_seconds: 5,
+                warmup_seconds: 2,
+                connections: 16,
+                open_connections: 32,
+                miss_per_run: 12_000,
+                sessions: 100_000,
+                trials: 100,
+                redis_sessions: 100_000,
+            },
+            "quick" => Params {
+                mode: "quick",
+                rounds: 2,
+                seconds: 2,
+                open_seconds: 2,
+                warmup_seconds: 1,
+                connections: 16,
+                open_connections: 32,
+                miss_per_run: 2_000,
+                sessions: 10_000,
+                trials: 10,
+                redis_sessions: 5_000,
+            },
+            "smoke" => Params {
+                mode: "smoke",
+                rounds: 1,
+                seconds: 1,
+                open_seconds: 1,
+                warmup_seconds: 1,
+                connections: 8,
+                open_connections: 16,
+                miss_per_run: 300,
+                sessions: 1_000,
+                trials: 3,
+                redis_sessions: 300,
+            },
+            other => bail!("unknown mode {other}"),
+        };
+        p.rounds = env_u64("BENCH_ROUNDS", p.rounds)?.max(1);
+        p.seconds = env_u64("BENCH_SECONDS", p.seconds)?.max(1);
+        p.connections = u32::try_from(env_u64("BENCH_CONNECTIONS", p.connections.into())?.max(1))?;
+        p.trials = usize::try_from(env_u64("BENCH_TRIALS", p.trials as u64)?.max(1))?;
+        let needed = FIRST_POOL_SESSION
+            + 2 * p.trials
+            + (usize::try_from(p.rounds)? + 1) * (p.miss_per_run + 2 * p.connections as usize);
+        p.sessions = p.sessions.max(needed);
+        Ok(p)
+    }
+}
+
+/// Session 0 is the cached session of scenarios 1, 2, 4; 1 the group-removal check of
+/// scenario 2; 2 the settling trial of scenario 6; its trials and the cache-miss pool
+/// follow.
+const FIRST_POOL_SESSION: usize = 3;
 
 fn env_u64(name: &str, default: u64) -> Result<u64> {
     match std::env::var(name) {
@@ -95,10 +182,10 @@ fn cpu_time_us(pid: u32, ticks_per_s: u64) -> Result<u64> {
     Ok(ticks * 1_000_000 / ticks_per_s.max(1))
 }
 
-/// Pin every thread of `pid` (threads started later inherit it).
-fn pin(pid: u32, cpu: u32) -> Result<()> {
+/// Pin every thread of `pid` (threads started later inherit it) to `cpus` (`0`, `0,1`).
+fn pin(pid: u32, cpus: &str) -> Result<()> {
     let out = Command::new("taskset")
-        .args(["-a", "-p", "-c", &cpu.to_string(), &pid.to_string()])
+        .args(["-a", "-p", "-c", cpus, &pid.to_string()])
         .output()?;
     ensure!(
         out.status.success(),
@@ -116,64 +203,330 @@ fn free_port() -> Result<u16> {
         .port())
 }
 
-fn start_envoy(filter: Option<&layout::Filter<'_>>, sidecar: &FakeSidecar) -> Result<Envoy> {
-    let yaml = layout::bootstrap(filter, free_port()?, sidecar.addr());
-    Envoy::start_bootstrap(&yaml, 1)
-}
-
-/// Check that each configuration exercises the path it claims before measuring it.
-fn verify(bare: &Envoy, filtered: &Envoy, cookie: &str, sidecar: &FakeSidecar) -> Result<()> {
-    let seen = |r: &proxy_wasm_test_host::http::Response| {
-        r.header(layout::SEEN_EMAIL_HEADER).unwrap_or("").to_owned()
-    };
-    let r = bare.get("app.example.com", "/", &[("cookie", cookie)])?;
-    ensure!(r.status == 200, "bare Envoy answered {}", r.status);
-    // The filter is really there: no cookie on a protected route → sign-in.
-    let r = filtered.get("app.example.com", "/", &[])?;
-    ensure!(
-        r.status == 302,
-        "filter without cookie answered {} (expected a sign-in redirect):\n{}",
-        r.status,
-        filtered.log_tail()
-    );
-    let r = filtered.get("public.example.com", "/", &[("cookie", cookie)])?;
-    ensure!(r.status == 200, "public route answered {}", r.status);
-    // The one miss: the fake sidecar answers, the filter caches, the upstream sees identity.
-    for attempt in ["miss", "hit"] {
-        let r = filtered.get("app.example.com", "/", &[("cookie", cookie)])?;
-        ensure!(
-            r.status == 200 && seen(&r) == "bob@example.com",
-            "protected route ({attempt}) answered {} with identity {:?}:\n{}",
-            r.status,
-            seen(&r),
-            filtered.log_tail()
-        );
-    }
-    let lookups = sidecar.session_lookups().len();
-    ensure!(
-        lookups == 1,
-        "expected exactly one session lookup (the miss), the sidecar saw {lookups}"
-    );
-    Ok(())
-}
-
 fn workspace_root() -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     std::fs::canonicalize(&root).unwrap_or(root)
 }
 
-fn main() -> Result<()> {
-    let rounds = env_u64("BENCH_ROUNDS", 5)?.max(1);
-    let seconds = env_u64("BENCH_SECONDS", 6)?.max(1);
-    let connections = u32::try_from(env_u64("BENCH_CONNECTIONS", 16)?.max(1))?;
-    let report_path = std::env::var_os("BENCH_REPORT")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target/bench/report.md"));
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("done.lua");
+/// A directory removed on drop.
+struct TempDir(PathBuf);
 
+impl TempDir {
+    fn new() -> Result<TempDir> {
+        let p = std::env::temp_dir().join(format!("portcullis-bench-{}", std::process::id()));
+        std::fs::create_dir_all(&p)?;
+        Ok(TempDir(p))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// How a configuration is loaded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LoadKind {
+    /// The same request every time (cached session / bearer token).
+    Static,
+    /// A fresh session per request (scenario 5).
+    Miss,
+}
+
+/// One measured configuration.
+struct Cfg {
+    row: ScenarioRow,
+    envoy: usize,
+    kind: LoadKind,
+}
+
+/// Everything a measured run needs.
+struct Bench<'a> {
+    p: &'a Params,
+    envoys: Vec<Envoy>,
+    cfgs: Vec<Cfg>,
+    sidecar: SeededSidecar,
+    headers: Vec<(String, String)>,
+    pinned: bool,
+    ticks_per_s: u64,
+    done_lua: PathBuf,
+    next_miss: usize,
+}
+
+impl Bench<'_> {
+    fn envoy(&self, i: usize) -> Result<&Envoy> {
+        let c = self.cfgs.get(i).ok_or_else(|| anyhow!("no config {i}"))?;
+        self.envoys
+            .get(c.envoy)
+            .ok_or_else(|| anyhow!("no envoy {}", c.envoy))
+    }
+
+    /// One request per fresh session for a cache-miss run.
+    fn miss_requests(&mut self, count: usize) -> Result<Vec<Vec<u8>>> {
+        let slice = self
+            .sidecar
+            .sessions
+            .get(self.next_miss..self.next_miss + count)
+            .ok_or_else(|| anyhow!("out of fresh sessions for the cache-miss scenario"))?;
+        self.next_miss += count;
+        Ok(slice
+            .iter()
+            .map(|s| openloop::request_bytes(ADMIN_PATH, &with_cookie(&self.headers, &s.cookie)))
+            .collect())
+    }
+
+    /// One closed-loop (wrk) run of configuration `i`.
+    fn closed(&mut self, i: usize, round: u64, seconds: u64, count: bool) -> Result<ClosedRun> {
+        let kind = self.cfgs.get(i).map(|c| c.kind).unwrap_or(LoadKind::Static);
+        let miss = match kind {
+            LoadKind::Static => None,
+            LoadKind::Miss => Some(self.miss_requests(if count {
+                self.p.miss_per_run
+            } else {
+                self.p.miss_per_run / 4 + 1
+            })?),
+        };
+        let (envoy_pid, addr) = {
+            let e = self.envoy(i)?;
+            (e.pid(), e.addr)
+        };
+        let sidecar_pid = self.sidecar.pid();
+        let lookups_before = self.sidecar.lookups()?;
+        let cpu_before =
+            cpu_time_us(envoy_pid, self.ticks_per_s)? + cpu_time_us(sidecar_pid, self.ticks_per_s)?;
+        let sample = match miss {
+            Some(requests) => openloop::each_once(addr, requests, self.p.connections)?,
+            None => wrk::run(&wrk::Load {
+                addr,
+                path: ADMIN_PATH,
+                headers: &self.headers,
+                connections: self.p.connections,
+                duration: Duration::from_secs(seconds),
+                cpu: self.pinned.then_some(LOAD_CPU),
+                script: &self.done_lua,
+            })?,
+        };
+        let cpu_us = (cpu_time_us(envoy_pid, self.ticks_per_s)?
+            + cpu_time_us(sidecar_pid, self.ticks_per_s)?)
+        .saturating_sub(cpu_before);
+        let lookups = self.sidecar.lookups()?.saturating_sub(lookups_before);
+        let name = self.cfgs.get(i).map_or("?", |c| c.row.name);
+        if sample.non200 > 0 || sample.status_errors > 0 || sample.socket_errors > 0 {
+            bail!(
+                "{name}: {} answers were not 200 ({} ≥ 400, {} socket errors) — not the path being measured:\n{}",
+                sample.non200,
+                sample.status_errors,
+                sample.socket_errors,
+                self.envoy(i)?.log_tail()
+            );
+        }
+        Ok(ClosedRun {
+            round,
+            config: i,
+            sample,
+            cpu_us,
+            lookups,
+        })
+    }
+
+    fn open(&self, i: usize, round: u64, rate: f64) -> Result<OpenRun> {
+        let envoy = self.envoy(i)?;
+        let request = openloop::request_bytes(ADMIN_PATH, &self.headers);
+        let sample = openloop::run(
+            envoy.addr,
+            &request,
+            self.p.open_connections,
+            rate,
+            Duration::from_secs(self.p.open_seconds),
+        )?;
+        if sample.non200 > 0 || sample.errors > 0 {
+            bail!(
+                "open loop on {}: {} answers not 200, {} connection errors",
+                self.cfgs.get(i).map_or("?", |c| c.row.name),
+                sample.non200,
+                sample.errors
+            );
+        }
+        Ok(OpenRun {
+            round,
+            config: i,
+            sample,
+        })
+    }
+}
+
+/// The request every static configuration gets: the demo's admin route, with the session
+/// cookie (for the filter) and the bearer token (for `jwt_authn`); the others ignore them.
+fn request_headers(cookie: &str, token: &str) -> Vec<(String, String)> {
+    vec![
+        ("Host".to_owned(), ADMIN_HOST.to_owned()),
+        ("Cookie".to_owned(), cookie.to_owned()),
+        ("Authorization".to_owned(), format!("Bearer {token}")),
+    ]
+}
+
+/// `headers` with the `Cookie` replaced.
+fn with_cookie(headers: &[(String, String)], cookie: &str) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .map(|(k, v)| {
+            let v = if k == "Cookie" { cookie } else { v.as_str() };
+            (k.clone(), v.to_owned())
+        })
+        .collect()
+}
+
+/// A pre-signed ES256 token for `jwt_authn` (the sidecar's signer, a key made for this
+/// run) and the JWKS that verifies it.
+fn jwt_material() -> Result<(String, String)> {
+    let signer = sidecar::jwt::JwtSigner::new(None, AUTHENTICATE_HOST, &[])?;
+    let now = i64::try_from(now_s())?;
+    let mut payload = serde_json::Map::new();
+    payload.insert("iss".into(), AUTHENTICATE_HOST.into());
+    payload.insert("aud".into(), ADMIN_HOST.into());
+    payload.insert("sub".into(), "bench-user-0000000".into());
+    payload.insert("email".into(), child::user_email(0).into());
+    payload.insert("groups".into(), serde_json::json!(child::GROUPS));
+    payload.insert("iat".into(), now.into());
+    payload.insert("exp".into(), (now + 3 * 3600).into());
+    let token = signer.sign_payload(&payload)?;
+    use sidecar::idp::IdentitySigner as _;
+    Ok((token, signer.jwks().to_string()))
+}
+
+fn start_envoy(
+    filters: &Filters<'_>,
+    cfg: &BenchConfig,
+    sidecar: &SeededSidecar,
+    workers: u32,
+) -> Result<Envoy> {
+    let yaml = layout::bootstrap(filters, &cfg.hosts, free_port()?, sidecar.api);
+    Envoy::start_bootstrap(&yaml, workers)
+}
+
+/// Record a passed check (and print it).
+fn passed(checks: &mut Vec<String>, text: String) {
+    eprintln!("check passed: {text}");
+    checks.push(text);
+}
+
+fn seen(r: &proxy_wasm_test_host::http::Response, header: &str) -> String {
+    r.header(header).unwrap_or("").to_owned()
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
+        .unwrap_or_else(|| "unknown".to_owned())
+}
+
+/// `INFO memory`'s `used_memory` of the Redis on `port`.
+fn redis_used_memory(port: u16) -> Result<u64> {
+    use std::io::{BufRead as _, Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.write_all(b"INFO memory\r\n")?;
+    // A RESP bulk string: `$<length>\r\n<bytes>\r\n`.
+    let mut r = std::io::BufReader::new(s);
+    let mut head = String::new();
+    r.read_line(&mut head)?;
+    let len: usize = head
+        .trim()
+        .strip_prefix('$')
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| anyhow!("Redis answered {head:?}"))?;
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body)?;
+    parse_used_memory(&String::from_utf8_lossy(&body))
+}
+
+fn parse_used_memory(info: &str) -> Result<u64> {
+    info.lines()
+        .find_map(|l| l.strip_prefix("used_memory:"))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| anyhow!("no used_memory in Redis INFO"))
+}
+
+/// A `redis-server` child on a free loopback port (no persistence), killed on drop.
+struct Redis {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Redis {
+    fn start(dir: &Path) -> Result<Redis> {
+        let port = free_port()?;
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .context("starting redis-server (apt-get install redis-server)")?;
+        let r = Redis { child, port };
+        for _ in 0..200 {
+            if redis_used_memory(port).is_ok() {
+                return Ok(r);
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        bail!("redis-server did not come up on port {port}")
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("sidecar-child") {
+        return child::child_main(args.get(1..).unwrap_or_default());
+    }
+    let mut mode = "full";
+    let mut out_dir: Option<PathBuf> = None;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--quick" => mode = "quick",
+            "--smoke" => mode = "smoke",
+            "--out" => out_dir = it.next().map(PathBuf::from),
+            "-h" | "--help" => {
+                println!("usage: portcullis-bench [--quick | --smoke] [--out DIR]");
+                return Ok(());
+            }
+            other => bail!(
+                "unknown argument {other:?} (usage: portcullis-bench [--quick | --smoke] [--out DIR])"
+            ),
+        }
+    }
+    let p = Params::for_mode(mode)?;
+    let out_dir = out_dir.unwrap_or_else(|| {
+        if mode == "full" {
+            workspace_root().join("bench/results")
+        } else {
+            workspace_root().join("target/bench")
+        }
+    });
+    run(&p, &out_dir)
+}
+
+fn run(p: &Params, out_dir: &Path) -> Result<()> {
+    let started = std::time::Instant::now();
     ensure!(
-        command_ok("wrk", &["--version"]) || command_text("wrk", &["--version"]).contains("wrk"),
-        "wrk not found (apt-get install wrk; `make bench` installs it)"
+        command_text("wrk", &["--version"]).contains("wrk"),
+        "wrk not found (apt-get install wrk; `make deps-system` installs it)"
     );
     let wasm = wasm_path();
     ensure!(
@@ -186,166 +539,503 @@ fn main() -> Result<()> {
         && cores >= 2
         && command_ok("taskset", &["-c", "0", "true"]);
     let ticks_per_s = command_text("getconf", &["CLK_TCK"]).parse().unwrap_or(100);
+    let load_before = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let dir = TempDir::new()?;
+    let mut checks = Vec::new();
+    let mut notes = Vec::new();
+    if pinned {
+        // This harness (and the open-loop generator's threads) on the load core; children
+        // inherit it until pinned elsewhere.
+        pin(std::process::id(), &LOAD_CPU.to_string())?;
+    }
 
-    // The session: real bundle, real sealed cookie, fake sidecar answering the one miss.
-    let (bundle, version) = fixtures::bundle(&fixtures::config_yaml(None))?;
-    let sidecar = FakeSidecar::start(bundle.clone(), &version)?;
-    let sid = fixtures::session_id(1);
-    sidecar.put_session(&sid, User::new("bob@example.com", &["staff"]));
-    let cookie = fixtures::cookie_header(&sid, now_s())?;
-    let plugin_config = fixtures::plugin_config("portcullis-sidecar", Some(&bundle), "");
-    let wasm_str = wasm.display().to_string();
-    let filter = layout::Filter {
-        wasm: &wasm_str,
-        plugin_config: &plugin_config,
+    // ---- the seeded sidecar ------------------------------------------------------------
+    let cfg = config::demo_based(None)?;
+    eprintln!(
+        "bench ({}): seeding {} sessions into the sidecar (memory databroker)…",
+        p.mode, p.sessions
+    );
+    let mut sidecar = SeededSidecar::start(&cfg.yaml, p.sessions, &dir.0, "memory")?;
+    if pinned {
+        pin(sidecar.pid(), &SERVER_CPU.to_string())?;
+    }
+    eprintln!(
+        "bench: seeded {} sessions in {} ms; sidecar RSS {} → {} KiB",
+        p.sessions, sidecar.seed_ms, sidecar.rss_before_kb, sidecar.rss_after_kb
+    );
+    let memory_row = MemoryRow {
+        backend: "memory",
+        sessions: p.sessions as u64,
+        sidecar_kb_before: sidecar.rss_before_kb,
+        sidecar_kb_after: sidecar.rss_after_kb,
+        redis_bytes_before: None,
+        redis_bytes_after: None,
+        seed_ms: sidecar.seed_ms,
     };
+    let cached = sidecar
+        .sessions
+        .first()
+        .cloned()
+        .ok_or_else(|| anyhow!("no sessions"))?;
+    let (token, jwks) = jwt_material()?;
+    let headers = request_headers(&cached.cookie, &token);
 
+    // ---- the Envoys ----------------------------------------------------------------------
+    let wasm_str = wasm.display().to_string();
+    let plugin_config = cfg.plugin_config();
     let noop_wasm = std::env::var_os("BENCH_NOOP_WASM")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
             workspace_root().join("target/wasm32-wasip1/release/portcullis_bench_noop.wasm")
         });
     let noop_str = noop_wasm.display().to_string();
-
-    let bare = start_envoy(None, &sidecar).context("starting bare Envoy")?;
-    let filtered = start_envoy(Some(&filter), &sidecar).context("starting Envoy + filter")?;
-    let noop = if noop_wasm.is_file() {
-        let f = layout::Filter {
+    let filter = Filters::Wasm {
+        wasm: &wasm_str,
+        plugin_config: &plugin_config,
+    };
+    let mut envoys = Vec::new();
+    let mut cfgs = Vec::new();
+    let mut add = |envoy: Envoy, envoys: &mut Vec<Envoy>, row: ScenarioRow, kind: LoadKind| {
+        envoys.push(envoy);
+        cfgs.push(Cfg {
+            row,
+            envoy: envoys.len() - 1,
+            kind,
+        });
+    };
+    add(
+        start_envoy(&Filters::None, &cfg, &sidecar, 1).context("starting bare Envoy")?,
+        &mut envoys,
+        ScenarioRow::new("1", "bare Envoy", "no auth: the physical limit"),
+        LoadKind::Static,
+    );
+    if noop_wasm.is_file() {
+        let f = Filters::Wasm {
             wasm: &noop_str,
             plugin_config: "",
         };
-        Some(start_envoy(Some(&f), &sidecar).context("starting Envoy + no-op wasm")?)
-    } else {
-        eprintln!(
-            "bench: {} missing (cargo build --release --target wasm32-wasip1 -p portcullis-bench-noop): no-op wasm floor skipped",
-            noop_wasm.display()
+        add(
+            start_envoy(&f, &cfg, &sidecar, 1).context("starting Envoy + no-op wasm")?,
+            &mut envoys,
+            ScenarioRow::new(
+                "ref",
+                "no-op wasm filter",
+                "continues every request: the V8 wasm floor",
+            ),
+            LoadKind::Static,
         );
-        None
-    };
-    if pinned {
-        for envoy in [Some(&bare), Some(&filtered), noop.as_ref()]
-            .into_iter()
-            .flatten()
-        {
-            pin(envoy.pid(), ENVOY_CPU)?;
-        }
-    }
-    verify(&bare, &filtered, &cookie, &sidecar)?;
-    if let Some(n) = &noop {
-        let r = n.get("app.example.com", "/", &[("cookie", &cookie)])?;
-        ensure!(r.status == 200, "Envoy + no-op wasm answered {}", r.status);
-    }
-
-    // (configuration, its Envoy); the first is the baseline.
-    let mut configs = vec![(
-        Config {
-            name: "bare Envoy",
-            what: "no wasm filter; same request as cache hit",
-            host: "app.example.com",
-        },
-        &bare,
-    )];
-    if let Some(n) = &noop {
-        configs.push((
-            Config {
-                name: "no-op wasm filter",
-                what: "continues every request: the V8 wasm floor",
-                host: "app.example.com",
-            },
-            n,
+    } else {
+        notes.push(format!(
+            "no-op wasm reference not measured: {} missing (`cargo build --release --target wasm32-wasip1 -p portcullis-bench-noop`)",
+            noop_wasm.display()
         ));
     }
-    configs.push((
-        Config {
-            name: "filter, public route",
-            what: "strip headers, route by name, public → continue",
-            host: "public.example.com",
-        },
-        &filtered,
-    ));
-    configs.push((
-        Config {
-            name: "filter, cache hit",
-            what: "protected route: cookie open, worker-cache hit, evaluate, identity headers",
-            host: "app.example.com",
-        },
-        &filtered,
-    ));
-    let load = |i: usize, duration: Duration| -> Result<(wrk::Sample, u64)> {
-        let (config, envoy) = configs
-            .get(i)
-            .ok_or_else(|| anyhow!("no configuration {i}"))?;
-        let host = config.host;
-        let before = cpu_time_us(envoy.pid(), ticks_per_s)?;
-        let sample = wrk::run(&wrk::Load {
-            addr: envoy.addr,
-            host,
-            cookie: &cookie,
-            connections,
-            duration,
-            cpu: pinned.then_some(WRK_CPU),
-            script: &script,
-        })?;
-        let cpu = cpu_time_us(envoy.pid(), ticks_per_s)?.saturating_sub(before);
-        if sample.status_errors > 0 {
-            bail!(
-                "{host}: {} answers were not 2xx/3xx — not the path being measured:\n{}",
-                sample.status_errors,
-                envoy.log_tail()
-            );
-        }
-        Ok((sample, cpu))
-    };
-
-    let load_before = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    eprintln!(
-        "bench: {rounds} rounds × {} configurations × {seconds}s, {connections} connections, pinned: {pinned}",
-        configs.len()
+    add(
+        start_envoy(&filter, &cfg, &sidecar, 1).context("starting Envoy + filter")?,
+        &mut envoys,
+        ScenarioRow::new(
+            "2",
+            "Portcullis filter, cache hit",
+            "admin policy (domain + group claim), identity JWT + claim headers",
+        ),
+        LoadKind::Static,
     );
-    // Warm-up: connections, V8 tiers, caches.
-    for i in 0..configs.len() {
-        load(i, Duration::from_secs(2))?;
-    }
-    let lookups_before = sidecar.session_lookups().len();
-    let mut runs = Vec::new();
-    for round in 0..rounds {
-        // Rotate the order each round so no configuration always runs first or last.
-        for k in 0..configs.len() {
-            let i = (k + usize::try_from(round)?) % configs.len();
-            let (sample, cpu_us) = load(i, Duration::from_secs(seconds))?;
-            eprintln!(
-                "round {} {:<22} {:>9.0} req/s  p50 {:>5} µs  p99 {:>5} µs  Envoy CPU {:>5.1} µs/req",
-                round + 1,
-                configs.get(i).map_or("", |c| c.0.name),
-                sample.rps(),
-                sample.p50_us,
-                sample.p99_us,
-                cpu_us as f64 / sample.requests.max(1) as f64
-            );
-            runs.push(Run {
-                round,
-                config: i,
-                sample,
-                envoy_cpu_us: cpu_us,
-            });
+    // Scenario 3 (ext_authz) is added here once the sidecar's ext_authz service exists.
+    add(
+        start_envoy(
+            &Filters::JwtAuthn {
+                issuer: AUTHENTICATE_HOST,
+                audience: ADMIN_HOST,
+                jwks: &jwks,
+            },
+            &cfg,
+            &sidecar,
+            1,
+        )
+        .context("starting Envoy + jwt_authn")?,
+        &mut envoys,
+        ScenarioRow::new(
+            "4",
+            "Envoy jwt_authn",
+            "ES256 bearer token, inline JWKS, email claim → header (stateless)",
+        ),
+        LoadKind::Static,
+    );
+    add(
+        start_envoy(&filter, &cfg, &sidecar, 1).context("starting Envoy + filter (miss)")?,
+        &mut envoys,
+        ScenarioRow::new(
+            "5",
+            "Portcullis filter, cache miss",
+            "first request of a fresh session: sidecar lookup + JWT signing",
+        ),
+        LoadKind::Miss,
+    );
+    let not_measured = vec![(
+        "3",
+        "ext_authz (HTTP, gRPC) → sidecar",
+        "not measured: the sidecar's ext_authz service (sidecar::ext_authz) is not in this tree yet".to_owned(),
+    )];
+    if pinned {
+        for e in &envoys {
+            pin(e.pid(), &SERVER_CPU.to_string())?;
         }
     }
-    let lookups_during = sidecar
-        .session_lookups()
-        .len()
-        .saturating_sub(lookups_before);
-    let load_after = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
 
-    let meta = report::Meta {
+    // ---- checks: each configuration exercises the path it claims --------------------------
+    let find = |cfgs: &[Cfg], id: &str| cfgs.iter().position(|c| c.row.id == id);
+    let get_envoy = |cfgs: &[Cfg], envoys: &[Envoy], id: &str| -> Result<usize> {
+        let i = find(cfgs, id).ok_or_else(|| anyhow!("no scenario {id}"))?;
+        let e = cfgs
+            .get(i)
+            .map(|c| c.envoy)
+            .ok_or_else(|| anyhow!("no scenario {id}"))?;
+        ensure!(e < envoys.len(), "no envoy for {id}");
+        Ok(e)
+    };
+    let hdrs = |h: &[(String, String)]| -> Vec<(String, String)> {
+        h.iter().filter(|(k, _)| k != "Host").cloned().collect()
+    };
+    let get = |envoy: &Envoy, extra: &[(String, String)]| {
+        let refs: Vec<(&str, &str)> = extra
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        envoy.get(ADMIN_HOST, ADMIN_PATH, &refs)
+    };
+    let full = hdrs(&headers);
+    {
+        let e = envoys
+            .get(get_envoy(&cfgs, &envoys, "1")?)
+            .ok_or_else(|| anyhow!("bare"))?;
+        let r = get(e, &full)?;
+        ensure!(r.status == 200, "bare Envoy answered {}", r.status);
+        passed(&mut checks, "1 bare Envoy: 200".to_owned());
+    }
+    if let Ok(i) = get_envoy(&cfgs, &envoys, "ref") {
+        let e = envoys.get(i).ok_or_else(|| anyhow!("noop"))?;
+        let r = get(e, &full)?;
+        ensure!(r.status == 200, "no-op wasm answered {}", r.status);
+        passed(&mut checks, "ref no-op wasm: 200".to_owned());
+    }
+    {
+        let e = envoys
+            .get(get_envoy(&cfgs, &envoys, "2")?)
+            .ok_or_else(|| anyhow!("filter"))?;
+        let r = get(e, &[])?;
+        ensure!(
+            r.status == 302,
+            "filter without cookie answered {} (expected a sign-in redirect):\n{}",
+            r.status,
+            e.log_tail()
+        );
+        passed(
+            &mut checks,
+            "2 filter: 302 (sign-in) without cookie".to_owned(),
+        );
+        let before = sidecar.lookups()?;
+        for attempt in ["miss", "hit"] {
+            let r = get(e, &full)?;
+            ensure!(
+                r.status == 200
+                    && seen(&r, SEEN_EMAIL_HEADER) == child::user_email(0)
+                    && seen(&r, SEEN_JWT_HEADER).starts_with("eyJ"),
+                "filter with cookie ({attempt}) answered {} with identity {:?} / JWT {:?}:\n{}",
+                r.status,
+                seen(&r, SEEN_EMAIL_HEADER),
+                seen(&r, SEEN_JWT_HEADER),
+                e.log_tail()
+            );
+        }
+        let lookups = sidecar.lookups()? - before;
+        ensure!(
+            lookups == 1,
+            "expected one sidecar lookup (the miss), saw {lookups}"
+        );
+        passed(
+            &mut checks,
+            format!(
+                "2 filter: 200 with cookie, upstream saw x-pomerium-claim-email {} and an identity JWT; one sidecar lookup for miss + hit",
+                child::user_email(0)
+            ),
+        );
+        // A session without `admins` is denied by the admin policy (the group claim counts).
+        let other = sidecar
+            .sessions
+            .get(1)
+            .cloned()
+            .ok_or_else(|| anyhow!("session 1"))?;
+        let h = with_cookie(&full, &other.cookie);
+        let r = get(e, &h)?;
+        ensure!(r.status == 200, "session 1 answered {}", r.status);
+        sidecar.drop_group(&other.sid, "admins")?;
+        let mut denied = false;
+        for _ in 0..100 {
+            if get(e, &h)?.status == 403 {
+                denied = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        ensure!(
+            denied,
+            "a session without `admins` was not denied by the admin route"
+        );
+        passed(
+            &mut checks,
+            "2 filter: 403 once `admins` is removed from a session's groups".to_owned(),
+        );
+    }
+    {
+        let e = envoys
+            .get(get_envoy(&cfgs, &envoys, "4")?)
+            .ok_or_else(|| anyhow!("jwt"))?;
+        let no_token: Vec<(String, String)> = full
+            .iter()
+            .filter(|(k, _)| k != "Authorization")
+            .cloned()
+            .collect();
+        let r = get(e, &no_token)?;
+        ensure!(
+            r.status == 401,
+            "jwt_authn without token answered {}",
+            r.status
+        );
+        let r = get(e, &full)?;
+        ensure!(
+            r.status == 200 && seen(&r, SEEN_EMAIL_HEADER) == child::user_email(0),
+            "jwt_authn with token answered {} (email {:?}):\n{}",
+            r.status,
+            seen(&r, SEEN_EMAIL_HEADER),
+            e.log_tail()
+        );
+        passed(
+            &mut checks,
+            "4 jwt_authn: 401 without token, 200 with it and the email claim forwarded".to_owned(),
+        );
+    }
+
+    let done_lua = Path::new(env!("CARGO_MANIFEST_DIR")).join("done.lua");
+    let miss_start = FIRST_POOL_SESSION + 2 * p.trials;
+    let mut bench = Bench {
+        p,
+        envoys,
+        cfgs,
+        sidecar,
+        headers,
+        pinned,
+        ticks_per_s,
+        done_lua,
+        next_miss: miss_start,
+    };
+    {
+        let i = find(&bench.cfgs, "5").ok_or_else(|| anyhow!("no scenario 5"))?;
+        let probe = bench
+            .sidecar
+            .sessions
+            .get(bench.next_miss)
+            .cloned()
+            .ok_or_else(|| anyhow!("probe"))?;
+        bench.next_miss += 1;
+        let before = bench.sidecar.lookups()?;
+        let h = with_cookie(&full, &probe.cookie);
+        let r = get(bench.envoy(i)?, &h)?;
+        ensure!(
+            r.status == 200 && seen(&r, SEEN_JWT_HEADER).starts_with("eyJ"),
+            "miss probe answered {}",
+            r.status
+        );
+        let lookups = bench.sidecar.lookups()? - before;
+        ensure!(
+            lookups == 1,
+            "a fresh session made {lookups} sidecar lookups, expected 1"
+        );
+        passed(&mut checks, "5 filter: a fresh session's first request is one sidecar lookup, then 200 with identity".to_owned());
+    }
+
+    // ---- closed loop: interleaved rounds ------------------------------------------------------
+    let n = bench.cfgs.len();
+    eprintln!(
+        "bench: {} rounds × {n} configurations × {} s (wrk, {} connections), pinned: {pinned}",
+        p.rounds, p.seconds, p.connections
+    );
+    for i in 0..n {
+        bench.closed(i, 0, p.warmup_seconds, false)?;
+    }
+    let mut closed_runs = Vec::new();
+    for round in 0..p.rounds {
+        for k in 0..n {
+            let i = (k + usize::try_from(round)?) % n;
+            let r = bench.closed(i, round, p.seconds, true)?;
+            eprintln!(
+                "round {} {:<32} {:>8.0} req/s  p50 {:>5} µs  p99 {:>6} µs  CPU {:>6.1} µs/req  lookups {}",
+                round + 1,
+                bench.cfgs.get(i).map_or("", |c| c.row.name),
+                r.sample.rps(),
+                r.sample.p50_us,
+                r.sample.p99_us,
+                r.cpu_us as f64 / r.sample.requests.max(1) as f64,
+                r.lookups
+            );
+            closed_runs.push(r);
+        }
+    }
+    // ---- open loop at half of bare Envoy's rate ----------------------------------------------
+    let bare_rps = report::median(
+        closed_runs
+            .iter()
+            .filter(|r| r.config == 0)
+            .map(|r| r.sample.rps())
+            .collect(),
+    );
+    let half = (bare_rps / 2.0).max(10.0);
+    let open_cfgs: Vec<usize> = (0..n)
+        .filter(|i| {
+            bench
+                .cfgs
+                .get(*i)
+                .is_some_and(|c| c.kind == LoadKind::Static)
+        })
+        .collect();
+    eprintln!(
+        "bench: open loop at {half:.0} req/s (half of bare Envoy's {bare_rps:.0}), {} rounds × {} s",
+        p.rounds, p.open_seconds
+    );
+    let mut open_runs = Vec::new();
+    for round in 0..p.rounds {
+        for k in 0..open_cfgs.len() {
+            let idx = (k + usize::try_from(round)?) % open_cfgs.len();
+            let i = *open_cfgs.get(idx).ok_or_else(|| anyhow!("open config"))?;
+            let r = bench.open(i, round, half)?;
+            eprintln!(
+                "open {} {:<32} {:>8.0}/{:.0} req/s  p50 {:>5} µs  p99 {:>6} µs",
+                round + 1,
+                bench.cfgs.get(i).map_or("", |c| c.row.name),
+                r.sample.rps(),
+                half,
+                r.sample.p50_us,
+                r.sample.p99_us
+            );
+            open_runs.push(r);
+        }
+    }
+
+    // ---- scenario 6: revocation on 2 workers ---------------------------------------------------
+    let rows: Vec<ScenarioRow> = bench.cfgs.iter().map(|c| c.row.clone()).collect();
+    let Bench {
+        envoys,
+        mut sidecar,
+        headers,
+        ..
+    } = bench;
+    drop(envoys);
+    let envoy2 = start_envoy(&filter, &cfg, &sidecar, 2).context("starting Envoy (2 workers)")?;
+    if pinned {
+        pin(envoy2.pid(), "0,1")?;
+    }
+    let warm = openloop::request_bytes(ADMIN_PATH, &headers);
+    let mut conns = revocation::connections_per_worker(&envoy2, &warm)?;
+    // A fresh Envoy's workers start their change-stream long polls over their first ticks:
+    // one uncounted trial and a second of settling, so trials measure the steady state.
+    let settle = sidecar
+        .sessions
+        .get(2)
+        .cloned()
+        .ok_or_else(|| anyhow!("session 2"))?;
+    revocation::trial(
+        &mut conns,
+        &mut sidecar,
+        &settle,
+        ADMIN_HOST,
+        ADMIN_PATH,
+        Revocation::SignOut,
+    )?;
+    std::thread::sleep(Duration::from_secs(1));
+    let mut revocations = Vec::new();
+    let mut next = FIRST_POOL_SESSION;
+    for kind in [Revocation::SignOut, Revocation::DropGroup] {
+        let mut times = Vec::new();
+        for _ in 0..p.trials {
+            let s = sidecar
+                .sessions
+                .get(next)
+                .cloned()
+                .ok_or_else(|| anyhow!("no session {next}"))?;
+            next += 1;
+            times.push(revocation::trial(
+                &mut conns,
+                &mut sidecar,
+                &s,
+                ADMIN_HOST,
+                ADMIN_PATH,
+                kind,
+            )?);
+        }
+        eprintln!(
+            "bench: {} → denied on both workers, {} trials: max {} µs",
+            kind.name(),
+            times.len(),
+            times.iter().max().copied().unwrap_or(0)
+        );
+        revocations.push(RevocationRow {
+            kind: kind.name(),
+            denied: kind.denied_status(),
+            micros: times,
+        });
+    }
+    passed(
+        &mut checks,
+        format!(
+            "6 revocation: every one of {} sign-outs (302) and {} group removals (403) was denied on both workers",
+            p.trials, p.trials
+        ),
+    );
+    drop(conns);
+    drop(envoy2);
+    drop(sidecar);
+
+    // ---- sidecar memory: Redis ------------------------------------------------------------------
+    let mut memory = vec![memory_row];
+    {
+        let redis_dir = dir.0.join("redis");
+        std::fs::create_dir_all(&redis_dir)?;
+        let redis = Redis::start(&redis_dir)?;
+        let before = redis_used_memory(redis.port)?;
+        let rcfg = config::demo_based(Some(&format!("redis://127.0.0.1:{}/0", redis.port)))?;
+        eprintln!(
+            "bench: seeding {} sessions into a Redis-backed sidecar…",
+            p.redis_sessions
+        );
+        let rs = SeededSidecar::start(&rcfg.yaml, p.redis_sessions, &dir.0, "redis")?;
+        let after = redis_used_memory(redis.port)?;
+        memory.push(MemoryRow {
+            backend: "redis",
+            sessions: p.redis_sessions as u64,
+            sidecar_kb_before: rs.rss_before_kb,
+            sidecar_kb_after: rs.rss_after_kb,
+            redis_bytes_before: Some(before),
+            redis_bytes_after: Some(after),
+            seed_ms: rs.seed_ms,
+        });
+    }
+
+    let load_after = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let meta = Meta {
+        mode: p.mode.to_owned(),
+        date: command_text("date", &["-u", "+%Y-%m-%d"]),
         finished: command_text("date", &["-u", "+%Y-%m-%d %H:%M:%S UTC"]),
-        rounds,
-        seconds,
-        connections,
+        elapsed_s: started.elapsed().as_secs(),
+        rounds: p.rounds,
+        seconds: p.seconds,
+        open_seconds: p.open_seconds,
+        connections: p.connections,
+        open_connections: p.open_connections,
+        miss_per_run: p.miss_per_run as u64,
         pinned,
         cores,
+        cpu_model: cpu_model(),
         envoy_version: {
             let v = command_text(&envoy_path().display().to_string(), &["--version"]);
-            // `<path>  version: <sha>/<version>/...`: keep what follows `version: `.
             v.split_once("version: ")
                 .map_or(v.clone(), |(_, rest)| rest.to_owned())
         },
@@ -354,19 +1044,81 @@ fn main() -> Result<()> {
             .next()
             .unwrap_or("")
             .to_owned(),
+        redis_version: command_text("redis-server", &["--version"]),
         wasm_bytes: std::fs::metadata(&wasm).map_or(0, |m| m.len()),
         load_before: load_before.trim().to_owned(),
         load_after: load_after.trim().to_owned(),
-        sidecar_lookups_during: lookups_during,
+        half_rate: half,
     };
-    let configs: Vec<Config> = configs.into_iter().map(|(c, _)| c).collect();
-    let text = report::markdown(&configs, &runs, &meta);
-    println!("{text}");
-    if let Some(dir) = report_path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    std::fs::write(&report_path, &text)
-        .with_context(|| format!("writing {}", report_path.display()))?;
-    eprintln!("report written to {}", report_path.display());
+    let results = Results {
+        rows,
+        closed: closed_runs,
+        open: open_runs,
+        not_measured: not_measured
+            .into_iter()
+            .map(|(id, name, why)| (id.to_owned(), name.to_owned(), why))
+            .collect(),
+        revocations,
+        memory,
+        checks,
+        notes,
+        meta,
+    };
+    let text = report::markdown(&results);
+    let plot = svg::plot(&results);
+    std::fs::create_dir_all(out_dir)?;
+    let stem = if p.mode == "full" {
+        results.meta.date.clone()
+    } else {
+        format!("{}-{}", p.mode, results.meta.date)
+    };
+    let md = out_dir.join(format!("{stem}.md"));
+    let svg_path = out_dir.join(format!("{stem}.svg"));
+    std::fs::write(&md, text.replace("PLOT.svg", &format!("{stem}.svg")))
+        .with_context(|| format!("writing {}", md.display()))?;
+    std::fs::write(&svg_path, plot).with_context(|| format!("writing {}", svg_path.display()))?;
+    println!("{}", text.replace("PLOT.svg", &format!("{stem}.svg")));
+    eprintln!(
+        "results: {} and {} ({} s)",
+        md.display(),
+        svg_path.display(),
+        started.elapsed().as_secs()
+    );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn used_memory_from_redis_info() {
+        let info = "# Memory\r\nused_memory:1048576\r\nused_memory_human:1.00M\r\n";
+        assert_eq!(parse_used_memory(info).unwrap(), 1_048_576);
+        assert!(parse_used_memory("# Memory\r\n").is_err());
+    }
+
+    #[test]
+    fn modes_reserve_enough_sessions() {
+        for mode in ["full", "quick", "smoke"] {
+            let p = Params::for_mode(mode).unwrap();
+            let used = FIRST_POOL_SESSION
+                + 2 * p.trials
+                + usize::try_from(p.rounds).unwrap() * p.miss_per_run
+                + p.miss_per_run / 4
+                + 2;
+            assert!(p.sessions >= used, "{mode}: {} < {used}", p.sessions);
+        }
+        assert!(Params::for_mode("fast").is_err());
+        assert_eq!(Params::for_mode("full").unwrap().sessions, 100_000);
+    }
+
+    #[test]
+    fn cookie_replacement_keeps_the_other_headers() {
+        let h = request_headers("_pomerium=a", "tok");
+        let h2 = with_cookie(&h, "_pomerium=b");
+        assert_eq!(h2.len(), 3);
+        assert!(h2.contains(&("Cookie".to_owned(), "_pomerium=b".to_owned())));
+        assert!(h2.contains(&("Authorization".to_owned(), "Bearer tok".to_owned())));
+    }
 }

@@ -1,4 +1,4 @@
-//! Running `wrk` (pinned to the load core) and reading its `done`-hook line.
+//! Running `wrk` (closed loop, pinned to the load core) and reading its `done`-hook line.
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use std::net::SocketAddr;
@@ -6,17 +6,19 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-/// What one wrk run measured (latencies in microseconds).
+/// What one run measured (latencies in microseconds).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Sample {
     /// Completed requests.
     pub requests: u64,
     /// Wall time of the run.
     pub duration_us: u64,
-    /// Answers that were not 2xx/3xx.
+    /// Answers ≥ 400.
     pub status_errors: u64,
     /// Connect, read, write errors and timeouts.
     pub socket_errors: u64,
+    /// Answers other than 200.
+    pub non200: u64,
     /// Latency percentiles.
     pub p50_us: u64,
     /// 90th percentile.
@@ -43,17 +45,17 @@ impl Sample {
 pub struct Load<'a> {
     /// Where Envoy listens.
     pub addr: SocketAddr,
-    /// `Host` header.
-    pub host: &'a str,
-    /// `Cookie` header.
-    pub cookie: &'a str,
+    /// Request path.
+    pub path: &'a str,
+    /// Request headers (`Host` included).
+    pub headers: &'a [(String, String)],
     /// Keep-alive connections.
     pub connections: u32,
     /// Run length.
     pub duration: Duration,
     /// CPU to pin wrk to (`taskset -c`), when pinning.
     pub cpu: Option<u32>,
-    /// The Lua script with the `done` hook.
+    /// The Lua script with the `done` hook (`done.lua`).
     pub script: &'a Path,
 }
 
@@ -71,10 +73,11 @@ pub fn run(load: &Load<'_>) -> Result<Sample> {
     cmd.args(["-t", "1", "-c", &load.connections.to_string()])
         .args(["-d", &format!("{secs}s"), "--timeout", "5s"])
         .arg("-s")
-        .arg(load.script)
-        .args(["-H", &format!("Host: {}", load.host)])
-        .args(["-H", &format!("Cookie: {}", load.cookie)])
-        .arg(format!("http://{}/", load.addr));
+        .arg(load.script);
+    for (k, v) in load.headers {
+        cmd.args(["-H", &format!("{k}: {v}")]);
+    }
+    cmd.arg(format!("http://{}{}", load.addr, load.path));
     let out = cmd.output().context("running wrk (apt-get install wrk)")?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() {
@@ -104,6 +107,7 @@ pub fn parse(line: &str) -> Result<Sample> {
             "duration_us" => &mut s.duration_us,
             "status_errors" => &mut s.status_errors,
             "socket_errors" => &mut s.socket_errors,
+            "non200" => &mut s.non200,
             "p50_us" => &mut s.p50_us,
             "p90_us" => &mut s.p90_us,
             "p99_us" => &mut s.p99_us,
@@ -125,10 +129,11 @@ mod tests {
 
     #[test]
     fn parses_the_done_hook_line() {
-        let s = parse("requests=1000 duration_us=2000000 status_errors=0 socket_errors=1 p50_us=400 p90_us=600 p99_us=900 p999_us=1500 max_us=3000").unwrap();
+        let s = parse("requests=1000 duration_us=2000000 status_errors=0 socket_errors=1 non200=3 p50_us=400 p90_us=600 p99_us=900 p999_us=1500 max_us=3000").unwrap();
         assert_eq!(s.requests, 1000);
         assert_eq!(s.p99_us, 900);
         assert_eq!(s.socket_errors, 1);
+        assert_eq!(s.non200, 3);
         assert!((s.rps() - 500.0).abs() < 1e-9);
     }
 

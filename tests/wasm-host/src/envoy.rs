@@ -55,6 +55,20 @@ fn yaml_quote(s: &str) -> String {
 
 /// The bootstrap for `spec`: one listener on a free loopback port, two clusters.
 pub fn bootstrap(spec: &EnvoySpec<'_>) -> String {
+    let http_filters = if spec.without_filter {
+        String::new()
+    } else {
+        wasm_filter(spec)
+    };
+    bootstrap_with(spec, &http_filters, "")
+}
+
+/// [`bootstrap`] with caller-written HTTP filters in place of the wasm filter (YAML list
+/// items indented for `http_filters`, placed before the router; `spec.wasm`,
+/// `plugin_config` and `without_filter` are ignored) and more clusters (YAML list items
+/// indented for `static_resources.clusters`). Used by `bench/` for `jwt_authn` and
+/// `ext_authz` layouts that share the listener and routes of the filter's tests.
+pub fn bootstrap_with(spec: &EnvoySpec<'_>, http_filters: &str, extra_clusters: &str) -> String {
     let mut vhosts = String::new();
     for (domain, route) in spec.hosts {
         let cluster = if *route == "portcullis-sidecar" {
@@ -113,15 +127,11 @@ static_resources:
                     typed_config:
                       "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
 {extra_listeners}  clusters:
-{upstream}{sidecar}"#,
+{upstream}{sidecar}{extra_clusters}"#,
         extra_listeners = spec.extra_listeners,
         upstream = cluster("upstream", spec.upstream),
         sidecar = cluster("portcullis-sidecar", spec.sidecar),
-        wasm_filter = if spec.without_filter {
-            String::new()
-        } else {
-            wasm_filter(spec)
-        },
+        wasm_filter = http_filters,
     )
 }
 
