@@ -87,16 +87,20 @@ struct Fixture {
 /// App state with the compiled bundle, users alice (admins) and bob (no group), and the
 /// ext_authz router whose change-log follower has synced.
 async fn fixture() -> Fixture {
+    fixture_on(memory_store()).await
+}
+
+async fn fixture_on(store: std::sync::Arc<dyn sidecar::databroker::Store>) -> Fixture {
     let config = config();
     let settings = Settings::from_config(&config, None).unwrap();
     let idp = FakeIdp::new();
     idp.add_user("alice", "alice@example.com", &["admins"]);
     idp.add_user("bob", "bob@example.com", &[]);
-    let state = app(memory_store(), idp.clone(), settings);
+    let state = app(store, idp.clone(), settings);
     assert!(state.bundle.replace(Bundle::from_config(&config).unwrap()));
     let router = ext_authz::router(state.clone());
     // Let the follower read the change log once (the cache is used only after that).
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
     Fixture { state, idp, router }
 }
 
@@ -507,7 +511,16 @@ async fn callers_without_the_token_are_denied() {
 
 #[tokio::test]
 async fn hits_are_served_from_the_cache_and_revocations_apply_within_a_second() {
-    let f = fixture().await;
+    revocation_through_the_cache(fixture().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocations_apply_within_a_second_with_redis() {
+    let redis = RedisServer::start();
+    revocation_through_the_cache(fixture_on(redis_store(&redis).await).await).await;
+}
+
+async fn revocation_through_the_cache(f: Fixture) {
     let s = login(&f.state, &f.idp, "alice", Default::default()).await;
     let cookie = format!("{COOKIE}={}", seal(&s));
     let h = [("cookie", cookie.as_str())];
@@ -964,4 +977,85 @@ async fn grpc_check_over_http2() {
         .call_raw(vec![0, 0, 0, 0, 2, 0xff, 0xff], Some(&tok))
         .await;
     assert_eq!(status, proto::code::INVALID_ARGUMENT.to_string());
+    // Not gRPC at all (e.g. an HTTP-service check misrouted without `path_prefix`): never
+    // a 200, which Envoy's HTTP service would take as "allow".
+    let req = Request::post(ext_authz::GRPC_CHECK_PATH)
+        .header(TOKEN_HEADER, token())
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(
+        send(&f.router, req).await.status,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE
+    );
+}
+
+// ---- the binary ------------------------------------------------------------------------
+
+#[tokio::test]
+async fn the_binary_prints_the_token_and_serves_ext_authz_address() {
+    let dir = TempDir::new("ext-authz-bin");
+    let cfg = dir.0.join("config.yaml");
+    let (main, authz) = (free_port(), free_port());
+    std::fs::write(
+        &cfg,
+        format!(
+            "sidecar_address: 127.0.0.1:{main}\next_authz_address: 127.0.0.1:{authz}\n{}",
+            config_yaml("admins")
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sidecar"))
+        .arg("--config")
+        .arg(&cfg)
+        .arg("--print-ext-authz-token")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8(out.stdout).unwrap().trim(), token());
+
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _sidecar = Kill(
+        std::process::Command::new(env!("CARGO_BIN_EXE_sidecar"))
+            .arg("--config")
+            .arg(&cfg)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let check = |tok: Option<String>| {
+        let mut r = client
+            .get(format!("http://127.0.0.1:{authz}{HTTP_PATH_PREFIX}/x"))
+            .header("host", "app.example.com");
+        if let Some(t) = tok {
+            r = r.header(TOKEN_HEADER, t);
+        }
+        r.send()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let r = loop {
+        match check(Some(token())).await {
+            Ok(r) => break r,
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            Err(e) => panic!("ext_authz listener never came up: {e}"),
+        }
+    };
+    assert_eq!(r.status(), 302);
+    assert_signed_sign_in(
+        r.headers()["location"].to_str().unwrap(),
+        "https://app.example.com/x",
+    );
+    assert_eq!(check(None).await.unwrap().status(), 403);
 }

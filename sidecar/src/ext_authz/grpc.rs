@@ -21,7 +21,7 @@ use super::{Authorizer, log_bad_caller};
 use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use prost::Message;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -42,7 +42,9 @@ pub(super) async fn check(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|ct| ct.starts_with("application/grpc"));
     if !is_grpc {
-        return trailers_only(code::INVALID_ARGUMENT, "not a gRPC request");
+        // The gRPC spec's answer; and never a 200, which an Envoy HTTP-service check
+        // misrouted here (no `path_prefix`) would read as "allow".
+        return StatusCode::UNSUPPORTED_MEDIA_TYPE.into_response();
     }
     let Ok(bytes) = axum::body::to_bytes(body, MAX_MESSAGE_BYTES + 5).await else {
         return trailers_only(code::RESOURCE_EXHAUSTED, "request too large");
