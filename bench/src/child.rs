@@ -6,7 +6,9 @@
 //! JWT signer (`jwt::JwtSigner`, an ephemeral P-256 key as without `signing_key`), the
 //! bundle compiled from the config's routes — then creates `n` sessions through
 //! `SessionService::create_session` (what the login callback does), seals their cookies
-//! with the config's `cookie_secret`, and serves `sidecar::router` on a loopback port.
+//! with the config's `cookie_secret`, and serves `sidecar::router` (internal API) on a
+//! loopback port and `sidecar::ext_authz::router` (Envoy `ext_authz`, HTTP and gRPC) on
+//! another.
 //!
 //! Not running: the identity manager, the expiry sweep and the bundle watcher. The IdP is
 //! not on any measured path, and with the demo config's 15 s user-info interval the
@@ -257,8 +259,17 @@ async fn serve(opts: ChildOpts) -> Result<()> {
             eprintln!("sidecar-child: internal API stopped: {e}");
         }
     });
+    // The external-authorization listener (scenario 3): same state, same session store.
+    let authz = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let authz_addr = authz.local_addr()?;
+    let authz_app = sidecar::ext_authz::router(state.clone());
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(authz, authz_app).await {
+            eprintln!("sidecar-child: ext_authz listener stopped: {e}");
+        }
+    });
     println!(
-        "ready api={api_addr} sessions={} rss_before_kb={rss_before} rss_after_kb={rss_after} seed_ms={seed_ms}",
+        "ready api={api_addr} ext_authz={authz_addr} sessions={} rss_before_kb={rss_before} rss_after_kb={rss_after} seed_ms={seed_ms}",
         opts.sessions
     );
     let mut lines =
@@ -335,6 +346,8 @@ pub struct SeededSidecar {
     stdout: BufReader<ChildStdout>,
     /// Internal API listener.
     pub api: SocketAddr,
+    /// External-authorization listener (`sidecar::ext_authz::router`).
+    pub ext_authz: SocketAddr,
     /// Seeded sessions, by index.
     pub sessions: Vec<Seeded>,
     /// RSS before seeding, KiB.
@@ -381,6 +394,7 @@ impl SeededSidecar {
             stdin,
             stdout,
             api: "127.0.0.1:0".parse()?,
+            ext_authz: "127.0.0.1:0".parse()?,
             sessions: Vec::new(),
             rss_before_kb: 0,
             rss_after_kb: 0,
@@ -392,6 +406,9 @@ impl SeededSidecar {
         }
         me.api = field(&ready, "api")
             .ok_or_else(|| anyhow!("no api= in {ready:?}"))?
+            .parse()?;
+        me.ext_authz = field(&ready, "ext_authz")
+            .ok_or_else(|| anyhow!("no ext_authz= in {ready:?}"))?
             .parse()?;
         me.rss_before_kb = num(&ready, "rss_before_kb")?;
         me.rss_after_kb = num(&ready, "rss_after_kb")?;

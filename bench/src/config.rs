@@ -37,6 +37,8 @@ pub struct BenchConfig {
     pub shared_secret: String,
     /// `cookie_secret`, base64.
     pub cookie_secret: String,
+    /// The internal API token (derived from `shared_secret`): ext_authz callers send it.
+    pub api_token: String,
 }
 
 /// The demo config with `*.example.com` hosts; `redis` = a connection string to use the
@@ -87,6 +89,7 @@ pub fn demo_based(redis: Option<&str>) -> Result<BenchConfig> {
     Ok(BenchConfig {
         shared_secret: STANDARD.encode(config.shared_secret.secret.expose()),
         cookie_secret: STANDARD.encode(config.cookie_secret.secret.expose()),
+        api_token: portcullis_common::api::api_token(&config.shared_secret.secret),
         yaml,
         bundle,
         hosts,

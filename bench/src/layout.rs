@@ -34,12 +34,8 @@ pub enum Filters<'a> {
         /// The JWKS JSON.
         jwks: &'a str,
     },
-    /// `envoy.filters.http.ext_authz` (YAML list item for `http_filters`) and the clusters
-    /// it needs (YAML list items for `clusters`), written by the caller.
-    #[expect(
-        dead_code,
-        reason = "scenario 3 (ext_authz) uses it once the sidecar serves ext_authz"
-    )]
+    /// Other HTTP filters (YAML list items for `http_filters`, e.g. [`ext_authz`]) and
+    /// the clusters they need (YAML list items for `clusters`).
     Raw {
         /// HTTP filter YAML.
         filter: String,
@@ -75,6 +71,101 @@ fn jwt_authn(issuer: &str, audience: &str, jwks: &str) -> String {
         audience = yaml_quote(audience),
         jwks = yaml_quote(jwks),
     )
+}
+
+/// How Envoy calls the sidecar's ext_authz listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExtAuthz {
+    /// `http_service` with `path_prefix` (HTTP/1.1).
+    Http,
+    /// `grpc_service` (`envoy.service.auth.v3.Authorization/Check`, HTTP/2).
+    Grpc,
+}
+
+/// The `ext_authz` filter and its cluster, as docs/ext_authz.md shows them (what
+/// `sidecar/tests/ext_authz_envoy.rs` runs), for the listener at `addr`.
+pub fn ext_authz(kind: ExtAuthz, addr: SocketAddr, token: &str) -> Filters<'static> {
+    let filter = match kind {
+        ExtAuthz::Http => format!(
+            r#"                  - name: envoy.filters.http.ext_authz
+                    typed_config:
+                      "@type": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz
+                      transport_api_version: V3
+                      failure_mode_allow: false
+                      status_on_error: {{ code: 503 }}
+                      allowed_headers:
+                        patterns:
+                          - exact: cookie
+                          - exact: accept
+                          - exact: x-forwarded-proto
+                          - exact: x-request-id
+                          - exact: origin
+                          - exact: access-control-request-method
+                          - prefix: x-pomerium-
+                      http_service:
+                        server_uri:
+                          uri: http://{addr}
+                          cluster: portcullis-ext-authz
+                          timeout: 1s
+                        path_prefix: {prefix}
+                        authorization_request:
+                          headers_to_add:
+                            - key: {header}
+                              value: "{token}"
+                        authorization_response:
+                          allowed_upstream_headers:
+                            patterns:
+                              - exact: cookie
+                              - prefix: x-pomerium-
+"#,
+            prefix = sidecar::ext_authz::HTTP_PATH_PREFIX,
+            header = sidecar::ext_authz::TOKEN_HEADER,
+        ),
+        ExtAuthz::Grpc => format!(
+            r#"                  - name: envoy.filters.http.ext_authz
+                    typed_config:
+                      "@type": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz
+                      transport_api_version: V3
+                      failure_mode_allow: false
+                      status_on_error: {{ code: 503 }}
+                      grpc_service:
+                        envoy_grpc:
+                          cluster_name: portcullis-ext-authz
+                        timeout: 1s
+                        initial_metadata:
+                          - key: {header}
+                            value: "{token}"
+"#,
+            header = sidecar::ext_authz::TOKEN_HEADER,
+        ),
+    };
+    let http2 = match kind {
+        ExtAuthz::Http => "",
+        ExtAuthz::Grpc => {
+            r#"      typed_extension_protocol_options:
+        envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+          "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+          explicit_http_config:
+            http2_protocol_options: {}
+"#
+        }
+    };
+    let clusters = format!(
+        r#"    - name: portcullis-ext-authz
+      type: STATIC
+      connect_timeout: 0.25s
+{http2}      load_assignment:
+        cluster_name: portcullis-ext-authz
+        endpoints:
+          - lb_endpoints:
+              - endpoint:
+                  address:
+                    socket_address: {{ address: {ip}, port_value: {port} }}
+"#,
+        ip = addr.ip(),
+        port = addr.port()
+    );
+    Filters::Raw { filter, clusters }
 }
 
 /// The bootstrap: `hosts` routed by name to the in-Envoy upstream listener on
@@ -171,5 +262,24 @@ mod tests {
         }
         assert!(!bare.contains("jwt_authn") && !bare.contains("envoy.filters.http.wasm"));
         assert!(jwt.contains("jwt_authn") && jwt.contains(r#"inline_string: '{"keys":[]}'"#));
+        let authz: SocketAddr = "127.0.0.1:5090".parse().unwrap();
+        let grpc = bootstrap(
+            &ext_authz(ExtAuthz::Grpc, authz, "tok"),
+            &hosts,
+            1234,
+            sidecar,
+        );
+        assert!(grpc.contains("cluster_name: portcullis-ext-authz"));
+        assert!(grpc.contains("http2_protocol_options"));
+        assert!(grpc.contains(r#"value: "tok""#));
+        let http = bootstrap(
+            &ext_authz(ExtAuthz::Http, authz, "tok"),
+            &hosts,
+            1234,
+            sidecar,
+        );
+        assert!(http.contains("path_prefix: /ext_authz"));
+        assert!(!http.contains("http2_protocol_options"));
+        assert!(http.contains("port_value: 5090"));
     }
 }

@@ -35,7 +35,7 @@ mod wrk;
 use anyhow::{Context as _, Result, anyhow, bail, ensure};
 use child::SeededSidecar;
 use config::{ADMIN_HOST, ADMIN_PATH, AUTHENTICATE_HOST, BenchConfig};
-use layout::{Filters, SEEN_EMAIL_HEADER, SEEN_JWT_HEADER};
+use layout::{ExtAuthz, Filters, SEEN_EMAIL_HEADER, SEEN_JWT_HEADER};
 use proxy_wasm_test_host::envoy::{Envoy, envoy_path};
 use proxy_wasm_test_host::wasm_path;
 use report::{ClosedRun, MemoryRow, Meta, OpenRun, Results, RevocationRow, ScenarioRow};
@@ -117,17 +117,19 @@ impl Params {
         p.connections = u32::try_from(env_u64("BENCH_CONNECTIONS", p.connections.into())?.max(1))?;
         p.trials = usize::try_from(env_u64("BENCH_TRIALS", p.trials as u64)?.max(1))?;
         let needed = FIRST_POOL_SESSION
-            + 2 * p.trials
+            + REVOCATION_VIAS * (2 * p.trials + 1)
             + (usize::try_from(p.rounds)? + 1) * (p.miss_per_run + 2 * p.connections as usize);
         p.sessions = p.sessions.max(needed);
         Ok(p)
     }
 }
 
-/// Session 0 is the cached session of scenarios 1, 2, 4; 1 the group-removal check of
-/// scenario 2; 2 the settling trial of scenario 6; its trials and the cache-miss pool
-/// follow.
-const FIRST_POOL_SESSION: usize = 3;
+/// Session 0 is the cached session of scenarios 1–4; 1 the group-removal check of
+/// scenario 2; scenario 6's sessions and the cache-miss pool follow.
+const FIRST_POOL_SESSION: usize = 2;
+
+/// Scenario 6 runs through the filter and through ext_authz.
+const REVOCATION_VIAS: usize = 2;
 
 fn env_u64(name: &str, default: u64) -> Result<u64> {
     match std::env::var(name) {
@@ -640,7 +642,27 @@ fn run(p: &Params, out_dir: &Path) -> Result<()> {
         ),
         LoadKind::Static,
     );
-    // Scenario 3 (ext_authz) is added here once the sidecar's ext_authz service exists.
+    for (kind, id, name) in [
+        (ExtAuthz::Http, "3 HTTP", "ext_authz HTTP → sidecar"),
+        (ExtAuthz::Grpc, "3 gRPC", "ext_authz gRPC → sidecar"),
+    ] {
+        add(
+            start_envoy(
+                &layout::ext_authz(kind, sidecar.ext_authz, &cfg.api_token),
+                &cfg,
+                &sidecar,
+                1,
+            )
+            .with_context(|| format!("starting Envoy + {name}"))?,
+            &mut envoys,
+            ScenarioRow::new(
+                id,
+                name,
+                "the same policy decided in the sidecar (same evaluator and session store), identity headers added",
+            ),
+            LoadKind::Static,
+        );
+    }
     add(
         start_envoy(
             &Filters::JwtAuthn {
@@ -671,11 +693,7 @@ fn run(p: &Params, out_dir: &Path) -> Result<()> {
         ),
         LoadKind::Miss,
     );
-    let not_measured = vec![(
-        "3",
-        "ext_authz (HTTP, gRPC) → sidecar",
-        "not measured: the sidecar's ext_authz service (sidecar::ext_authz) is not in this tree yet".to_owned(),
-    )];
+    let not_measured: Vec<(&str, &str, String)> = Vec::new();
     if pinned {
         for e in &envoys {
             pin(e.pid(), &SERVER_CPU.to_string())?;
@@ -786,6 +804,35 @@ fn run(p: &Params, out_dir: &Path) -> Result<()> {
             "2 filter: 403 once `admins` is removed from a session's groups".to_owned(),
         );
     }
+    for id in ["3 HTTP", "3 gRPC"] {
+        let e = envoys
+            .get(get_envoy(&cfgs, &envoys, id)?)
+            .ok_or_else(|| anyhow!("{id}"))?;
+        let r = get(e, &[])?;
+        ensure!(
+            r.status == 302,
+            "{id} without cookie answered {} (expected a sign-in redirect):\n{}",
+            r.status,
+            e.log_tail()
+        );
+        let r = get(e, &full)?;
+        ensure!(
+            r.status == 200
+                && seen(&r, SEEN_EMAIL_HEADER) == child::user_email(0)
+                && seen(&r, SEEN_JWT_HEADER).starts_with("eyJ"),
+            "{id} with cookie answered {} with identity {:?} / JWT {:?}:\n{}",
+            r.status,
+            seen(&r, SEEN_EMAIL_HEADER),
+            seen(&r, SEEN_JWT_HEADER),
+            e.log_tail()
+        );
+        passed(
+            &mut checks,
+            format!(
+                "{id}: 302 (sign-in) without cookie, 200 with it and the identity JWT + email header upstream"
+            ),
+        );
+    }
     {
         let e = envoys
             .get(get_envoy(&cfgs, &envoys, "4")?)
@@ -816,7 +863,7 @@ fn run(p: &Params, out_dir: &Path) -> Result<()> {
     }
 
     let done_lua = Path::new(env!("CARGO_MANIFEST_DIR")).join("done.lua");
-    let miss_start = FIRST_POOL_SESSION + 2 * p.trials;
+    let miss_start = FIRST_POOL_SESSION + REVOCATION_VIAS * (2 * p.trials + 1);
     let mut bench = Bench {
         p,
         envoys,
@@ -929,69 +976,69 @@ fn run(p: &Params, out_dir: &Path) -> Result<()> {
         ..
     } = bench;
     drop(envoys);
-    let envoy2 = start_envoy(&filter, &cfg, &sidecar, 2).context("starting Envoy (2 workers)")?;
-    if pinned {
-        pin(envoy2.pid(), "0,1")?;
-    }
     let warm = openloop::request_bytes(ADMIN_PATH, &headers);
-    let mut conns = revocation::connections_per_worker(&envoy2, &warm)?;
-    // A fresh Envoy's workers start their change-stream long polls over their first ticks:
-    // one uncounted trial and a second of settling, so trials measure the steady state.
-    let settle = sidecar
-        .sessions
-        .get(2)
-        .cloned()
-        .ok_or_else(|| anyhow!("session 2"))?;
-    revocation::trial(
-        &mut conns,
-        &mut sidecar,
-        &settle,
-        ADMIN_HOST,
-        ADMIN_PATH,
-        Revocation::SignOut,
-    )?;
-    std::thread::sleep(Duration::from_secs(1));
     let mut revocations = Vec::new();
     let mut next = FIRST_POOL_SESSION;
-    for kind in [Revocation::SignOut, Revocation::DropGroup] {
-        let mut times = Vec::new();
-        for _ in 0..p.trials {
-            let s = sidecar
-                .sessions
-                .get(next)
-                .cloned()
-                .ok_or_else(|| anyhow!("no session {next}"))?;
-            next += 1;
-            times.push(revocation::trial(
-                &mut conns,
-                &mut sidecar,
-                &s,
-                ADMIN_HOST,
-                ADMIN_PATH,
-                kind,
-            )?);
+    let authz_http = layout::ext_authz(ExtAuthz::Http, sidecar.ext_authz, &cfg.api_token);
+    for (via, filters) in [("filter", &filter), ("ext_authz HTTP", &authz_http)] {
+        let envoy2 = start_envoy(filters, &cfg, &sidecar, 2)
+            .with_context(|| format!("starting Envoy + {via} (2 workers)"))?;
+        if pinned {
+            pin(envoy2.pid(), "0,1")?;
         }
-        eprintln!(
-            "bench: {} → denied on both workers, {} trials: max {} µs",
-            kind.name(),
-            times.len(),
-            times.iter().max().copied().unwrap_or(0)
+        let mut conns = revocation::connections_per_worker(&envoy2, &warm)?;
+        let mut take = |sidecar: &SeededSidecar| {
+            let s = sidecar.sessions.get(next).cloned();
+            next += 1;
+            s.ok_or_else(|| anyhow!("out of sessions for scenario 6"))
+        };
+        // A fresh Envoy's workers start their change-stream long polls over their first
+        // ticks: one uncounted trial and a second of settling, so trials measure the
+        // steady state.
+        let settle = take(&sidecar)?;
+        revocation::trial(
+            &mut conns,
+            &mut sidecar,
+            &settle,
+            ADMIN_HOST,
+            ADMIN_PATH,
+            Revocation::SignOut,
+        )?;
+        std::thread::sleep(Duration::from_secs(1));
+        for kind in [Revocation::SignOut, Revocation::DropGroup] {
+            let mut times = Vec::new();
+            for _ in 0..p.trials {
+                let s = take(&sidecar)?;
+                times.push(revocation::trial(
+                    &mut conns,
+                    &mut sidecar,
+                    &s,
+                    ADMIN_HOST,
+                    ADMIN_PATH,
+                    kind,
+                )?);
+            }
+            eprintln!(
+                "bench: {via}: {} → denied on both workers, {} trials: max {} µs",
+                kind.name(),
+                times.len(),
+                times.iter().max().copied().unwrap_or(0)
+            );
+            revocations.push(RevocationRow {
+                via,
+                kind: kind.name(),
+                denied: kind.denied_status(),
+                micros: times,
+            });
+        }
+        passed(
+            &mut checks,
+            format!(
+                "6 revocation ({via}): every one of {} sign-outs (302) and {} group removals (403) was denied on both workers",
+                p.trials, p.trials
+            ),
         );
-        revocations.push(RevocationRow {
-            kind: kind.name(),
-            denied: kind.denied_status(),
-            micros: times,
-        });
     }
-    passed(
-        &mut checks,
-        format!(
-            "6 revocation: every one of {} sign-outs (302) and {} group removals (403) was denied on both workers",
-            p.trials, p.trials
-        ),
-    );
-    drop(conns);
-    drop(envoy2);
     drop(sidecar);
 
     // ---- sidecar memory: Redis ------------------------------------------------------------------
@@ -1103,7 +1150,7 @@ mod tests {
         for mode in ["full", "quick", "smoke"] {
             let p = Params::for_mode(mode).unwrap();
             let used = FIRST_POOL_SESSION
-                + 2 * p.trials
+                + REVOCATION_VIAS * (2 * p.trials + 1)
                 + usize::try_from(p.rounds).unwrap() * p.miss_per_run
                 + p.miss_per_run / 4
                 + 2;

@@ -64,6 +64,8 @@ pub struct OpenRun {
 /// Scenario 6, one kind of change.
 #[derive(Debug, Clone)]
 pub struct RevocationRow {
+    /// What enforces it: `filter` / `ext_authz HTTP`.
+    pub via: &'static str,
     /// `sign-out` / `group removal`.
     pub kind: &'static str,
     /// Status of a denied request.
@@ -402,8 +404,9 @@ pub fn goals(r: &Results, s: &[Summary]) -> Vec<Goal> {
         let (_, p99, _) = revocation_stats(&rv.micros);
         out.push(Goal {
             what: format!(
-                "6 {}: commit → denied on every worker, p99 of {}",
+                "6 {} ({}): commit → denied on every worker, p99 of {}",
                 rv.kind,
+                rv.via,
                 rv.micros.len()
             ),
             measured: Some(format!("{:.1} ms", p99 as f64 / 1000.0)),
@@ -531,19 +534,20 @@ pub fn markdown(r: &Results) -> String {
 
     let _ = writeln!(
         out,
-        "\n## Revocation (scenario 6: Envoy with 2 workers, the filter, the same sidecar)\n"
+        "\n## Revocation (scenario 6: Envoy with 2 workers, the same sidecar)\n"
     );
     let _ = writeln!(
         out,
-        "| change | trials | denied with | p50 ms | p99 ms | max ms |"
+        "| change | via | trials | denied with | p50 ms | p99 ms | max ms |"
     );
-    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|");
+    let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---:|");
     for rv in &r.revocations {
         let (p50, p99, max) = revocation_stats(&rv.micros);
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {:.2} | {:.2} | {:.2} |",
+            "| {} | {} | {} | {} | {:.2} | {:.2} | {:.2} |",
             rv.kind,
+            rv.via,
             rv.micros.len(),
             rv.denied,
             p50 as f64 / 1000.0,
@@ -729,6 +733,7 @@ pub(crate) mod tests {
             ],
             not_measured: vec![("3".into(), "ext_authz".into(), "not measured: x".into())],
             revocations: vec![RevocationRow {
+                via: "filter",
                 kind: "sign-out",
                 denied: 302,
                 micros: (1..=100).map(|i| i * 1000).collect(),
@@ -807,7 +812,7 @@ pub(crate) mod tests {
             "{text}"
         );
         assert!(text.contains("| 3 | ext_authz | not measured: x |"));
-        assert!(text.contains("| sign-out | 100 | 302 | 50.00 | 99.00 | 100.00 |"));
+        assert!(text.contains("| sign-out | filter | 100 | 302 | 50.00 | 99.00 | 100.00 |"));
         // 1 MiB for 1000 sessions = 100 MiB per 100 000.
         assert!(text.contains("| 100.0 MiB |"), "{text}");
         assert!(text.contains("fewer sessions were seeded"));

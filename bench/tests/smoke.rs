@@ -77,8 +77,8 @@ fn the_harness_runs_every_scenario_end_to_end() {
         "ratios first"
     );
 
-    // Every measured scenario: req/s, p99 and CPU per request > 0.
-    for id in ["1", "2", "4", "5"] {
+    // Every scenario: req/s, p99 and CPU per request > 0.
+    for id in ["1", "2", "3 HTTP", "3 gRPC", "4", "5"] {
         let r = row(&text, "## Scenarios", id).unwrap_or_else(|| panic!("no row {id}:\n{text}"));
         for (col, what) in [(2, "req/s"), (5, "p99"), (6, "CPU/req")] {
             let v = number(&r[col]);
@@ -95,27 +95,26 @@ fn the_harness_runs_every_scenario_end_to_end() {
     // The cache hit made no sidecar lookups while measured.
     let hit = row(&text, "## Scenarios", "2").unwrap();
     assert_eq!(number(&hit[9]), 0.0, "cache-hit lookups/req {:?}", hit[9]);
-    // Scenario 3: numbers, or an explicit "not measured".
-    for id in ["3 HTTP", "3 gRPC"] {
-        match row(&text, "## Scenarios", id) {
-            Some(r) => assert!(number(&r[2]) > 0.0, "{id}: {r:?}"),
-            None => assert!(
-                row(&text, "## Scenarios", "3").is_some_and(|r| r[2].starts_with("not measured")),
-                "scenario 3 neither measured nor reported as not measured:\n{text}"
-            ),
-        }
-    }
     // Half load: achieved rate and p99 for the static scenarios.
-    for id in ["1", "2", "4"] {
+    for id in ["1", "2", "3 HTTP", "3 gRPC", "4"] {
         let r =
             row(&text, "## At half load", id).unwrap_or_else(|| panic!("no half-load row {id}"));
         assert!(number(&r[2]) > 0.0 && number(&r[4]) > 0.0, "{r:?}");
     }
     // Revocation: every trial denied (the harness aborts otherwise); times measured.
+    let revocation_rows: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("| sign-out |") || l.starts_with("| group removal |"))
+        .collect();
+    assert_eq!(
+        revocation_rows.len(),
+        4,
+        "filter and ext_authz, 2 kinds each:\n{text}"
+    );
     for kind in ["sign-out", "group removal"] {
         let r = row(&text, "## Revocation", kind).unwrap_or_else(|| panic!("no {kind} row"));
-        assert!(number(&r[1]) >= 1.0, "{r:?}");
-        assert!(number(&r[4]) > 0.0, "{r:?}");
+        assert!(number(&r[2]) >= 1.0, "{r:?}");
+        assert!(number(&r[5]) > 0.0, "{r:?}");
     }
     // Memory: both databrokers.
     for backend in ["memory", "redis"] {
@@ -128,9 +127,12 @@ fn the_harness_runs_every_scenario_end_to_end() {
         "passed: 2 filter: 302 (sign-in) without cookie",
         "passed: 2 filter: 200 with cookie, upstream saw x-pomerium-claim-email",
         "passed: 2 filter: 403 once `admins` is removed",
+        "passed: 3 HTTP: 302 (sign-in) without cookie, 200 with it",
+        "passed: 3 gRPC: 302 (sign-in) without cookie, 200 with it",
         "passed: 4 jwt_authn: 401 without token, 200 with it",
         "passed: 5 filter: a fresh session's first request is one sidecar lookup",
-        "passed: 6 revocation: every one of",
+        "passed: 6 revocation (filter): every one of",
+        "passed: 6 revocation (ext_authz HTTP): every one of",
     ] {
         assert!(text.contains(check), "missing check {check:?}:\n{text}");
     }
