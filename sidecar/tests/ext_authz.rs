@@ -1059,3 +1059,27 @@ async fn the_binary_prints_the_token_and_serves_ext_authz_address() {
     );
     assert_eq!(check(None).await.unwrap().status(), 403);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_misses_for_one_session_share_one_store_read() {
+    let redis = RedisServer::start();
+    let f = fixture_on(redis_store(&redis).await).await;
+    let s = login(&f.state, &f.idp, "alice", Default::default()).await;
+    let cookie = format!("{COOKIE}={}", seal(&s));
+    let before = f.state.metrics.session_lookups.get();
+    let tasks: Vec<_> = (0..16)
+        .map(|_| {
+            let router = f.router.clone();
+            let cookie = cookie.clone();
+            tokio::spawn(async move {
+                get(&router, "app.example.com", "/", &[("cookie", &cookie)])
+                    .await
+                    .status
+            })
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), StatusCode::OK);
+    }
+    assert_eq!(f.state.metrics.session_lookups.get(), before + 1);
+}

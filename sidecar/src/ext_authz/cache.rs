@@ -106,9 +106,13 @@ struct Inner {
     evicted: HashMap<String, (u64, Instant)>,
 }
 
+/// One store read in flight per (session id, audience); see [`SessionCache::gate`].
+type Gates = HashMap<(String, String), Weak<tokio::sync::Mutex<()>>>;
+
 /// The cache (shared by every request of one router).
 pub(super) struct SessionCache {
     inner: Mutex<Inner>,
+    gates: Mutex<Gates>,
     started: Instant,
     /// Milliseconds after `started` of the last successful change-log read + 1 (0 = never).
     synced_ms: AtomicU64,
@@ -118,6 +122,7 @@ impl SessionCache {
     pub(super) fn new() -> Self {
         SessionCache {
             inner: Mutex::new(Inner::default()),
+            gates: Mutex::new(HashMap::new()),
             started: Instant::now(),
             synced_ms: AtomicU64::new(0),
         }
@@ -152,6 +157,23 @@ impl SessionCache {
             Some(None) => Lookup::Absent,
             None => Lookup::Miss,
         }
+    }
+
+    /// The lock that serialises store reads for (`sid`, `aud`): held while reading, so
+    /// concurrent misses wait for the first and then find its answer cached. Dropped with
+    /// its last holder (the map keeps only weak references, pruned as it grows).
+    pub(super) fn gate(&self, sid: &str, aud: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut gates = self.gates.lock().unwrap_or_else(|p| p.into_inner());
+        let key = (sid.to_owned(), aud.to_owned());
+        if let Some(g) = gates.get(&key).and_then(Weak::upgrade) {
+            return g;
+        }
+        if gates.len() >= 1024 {
+            gates.retain(|_, g| g.strong_count() > 0);
+        }
+        let g = Arc::new(tokio::sync::Mutex::new(()));
+        gates.insert(key, Arc::downgrade(&g));
+        g
     }
 
     /// The cached entry whatever the freshness (to keep JWTs of an unchanged version).

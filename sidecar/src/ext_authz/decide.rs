@@ -437,12 +437,24 @@ impl Authorizer {
         needs_jwt: bool,
         now: i64,
     ) -> Result<Option<Arc<Entry>>, AppError> {
-        let ticket = match self.cache.lookup(sid.as_str()) {
-            Lookup::Absent => return Ok(None),
-            Lookup::Hit(e) if e.expires_at <= now => return Ok(None),
-            Lookup::Hit(e) if !needs_jwt || e.jwt(aud, now).is_some() => return Ok(Some(e)),
-            Lookup::Hit(_) | Lookup::Miss => self.cache.ticket(),
-            Lookup::Stale => None,
+        let cached = |lookup: Lookup| match lookup {
+            Lookup::Absent => Ok(None),
+            Lookup::Hit(e) if e.expires_at <= now => Ok(None),
+            Lookup::Hit(e) if !needs_jwt || e.jwt(aud, now).is_some() => Ok(Some(e)),
+            Lookup::Hit(_) | Lookup::Miss => Err(true),
+            Lookup::Stale => Err(false),
+        };
+        if let Ok(found) = cached(self.cache.lookup(sid.as_str())) {
+            return Ok(found);
+        }
+        // Concurrent misses for one session + audience share one store read: the first
+        // reads, the others wait for it and find its answer in the cache.
+        let gate = self.cache.gate(sid.as_str(), aud);
+        let _turn = gate.lock().await;
+        let ticket = match cached(self.cache.lookup(sid.as_str())) {
+            Ok(found) => return Ok(found),
+            Err(true) => self.cache.ticket(),
+            Err(false) => None,
         };
         let old = self.cache.peek(sid.as_str());
         let resp = crate::internal_api::session_response(&self.state, sid.as_str(), aud).await?;
