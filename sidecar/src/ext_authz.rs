@@ -111,10 +111,21 @@ fn caller_token_ok(presented: &[u8], expected: &str) -> bool {
     portcullis_common::keys::ct_eq(presented, expected.as_bytes())
 }
 
-/// Log a refused caller (never the token it sent).
+/// Log a refused caller (never the token it sent), at most once per 10 s: a misconfigured
+/// proxy would otherwise log once per request.
 fn log_bad_caller(protocol: &'static str) {
-    tracing::warn!(
-        protocol,
-        "ext_authz caller without a valid `{TOKEN_HEADER}`: denied"
-    );
+    use std::sync::atomic::AtomicI64;
+    static LAST: AtomicI64 = AtomicI64::new(0);
+    let now = crate::databroker::now_unix();
+    let last = LAST.load(Ordering::Relaxed);
+    if now - last >= 10
+        && LAST
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    {
+        tracing::warn!(
+            protocol,
+            "ext_authz caller without a valid `{TOKEN_HEADER}`: denied (logged at most every 10 s)"
+        );
+    }
 }

@@ -295,6 +295,32 @@ impl EngineHolder {
 impl Authorizer {
     /// Decide one request, exactly as the filter would.
     pub(crate) async fn decide(&self, req: &Request<'_>) -> Outcome {
+        let outcome = self.decide_inner(req).await;
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            // The path without its query (may carry secrets); never a claim value.
+            let path = req.path.split('?').next().unwrap_or("");
+            match &outcome {
+                Outcome::Allow { .. } => {
+                    tracing::debug!(host = req.authority, path, "ext_authz: allow")
+                }
+                Outcome::Refuse { status, reason } => {
+                    tracing::debug!(
+                        host = req.authority,
+                        path,
+                        status,
+                        reason,
+                        "ext_authz: refuse"
+                    )
+                }
+                Outcome::SignIn { .. } => {
+                    tracing::debug!(host = req.authority, path, "ext_authz: sign in")
+                }
+            }
+        }
+        outcome
+    }
+
+    async fn decide_inner(&self, req: &Request<'_>) -> Outcome {
         self.ensure_follower();
         let active = self.engine.get(self);
 
