@@ -1,6 +1,7 @@
 //! The plot of the results file: a hand-written SVG (no plotting dependency) with two bar
-//! charts side by side — requests/s per scenario (closed loop, median, min–max whisker) and
-//! p99 at half load (open loop; the cache-miss scenario's closed-loop p99, marked).
+//! charts side by side — requests/s per scenario (closed loop, median, min–max whisker, the
+//! 0.85 × bare goal dashed) and p99 at half load on a log scale (open loop; the cache-miss
+//! scenario's closed-loop p99, marked).
 
 use crate::report::{Results, summarize};
 use std::fmt::Write as _;
@@ -32,6 +33,22 @@ pub fn nice_max(v: f64) -> f64 {
         .unwrap_or(10.0 * mag)
 }
 
+/// Decades of the log-scale latency axis: (lowest, highest) power of ten in µs covering
+/// `lo..=hi`.
+pub fn decades(lo: f64, hi: f64) -> (i32, i32) {
+    let floor = if lo.is_finite() && lo > 0.0 {
+        lo.log10().floor() as i32
+    } else {
+        2
+    };
+    let ceil = if hi.is_finite() && hi > 0.0 {
+        hi.log10().ceil() as i32
+    } else {
+        3
+    };
+    (floor.min(2), ceil.max(floor.min(2) + 1))
+}
+
 /// The SVG document.
 pub fn plot(r: &Results) -> String {
     let s = summarize(r);
@@ -40,7 +57,15 @@ pub fn plot(r: &Results) -> String {
     let left1 = LABEL + PANEL + GAP;
     let rps_max = nice_max(s.iter().map(|x| x.rps.hi).fold(0.0, f64::max));
     let p99 = |x: &crate::report::Summary| x.open.map_or((x.p99, true), |o| (o.p99, false));
-    let lat_max = nice_max(s.iter().map(|x| p99(x).0).fold(0.0, f64::max));
+    let (d_lo, d_hi) = decades(
+        s.iter().map(|x| p99(x).0).fold(f64::INFINITY, f64::min),
+        s.iter().map(|x| p99(x).0).fold(0.0, f64::max),
+    );
+    // Position of a latency on the log axis, 0..=PANEL.
+    let lat_x = |v: f64| {
+        let v = v.max(10f64.powi(d_lo));
+        PANEL * (v.log10() - f64::from(d_lo)) / f64::from(d_hi - d_lo)
+    };
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -63,7 +88,7 @@ pub fn plot(r: &Results) -> String {
     );
     let _ = writeln!(
         out,
-        r#"<text x="{left1}" y="{}" font-weight="bold">p99 µs at half load ({:.0} req/s, open loop)</text>"#,
+        r#"<text x="{left1}" y="{}" font-weight="bold">p99 µs at half load ({:.0} req/s, open loop; log scale)</text>"#,
         TOP - 14.0,
         r.meta.half_rate
     );
@@ -103,7 +128,7 @@ pub fn plot(r: &Results) -> String {
         );
         // p99.
         let (lat, closed) = p99(x);
-        let w = PANEL * lat / lat_max;
+        let w = lat_x(lat);
         let colour = if closed { "#bab0ac" } else { "#f28e2b" };
         let _ = writeln!(
             out,
@@ -125,21 +150,45 @@ pub fn plot(r: &Results) -> String {
         );
     }
     let axis_y = TOP + ROW * s.len() as f64 + 4.0;
-    for (left, max) in [(left0, rps_max), (left1, lat_max)] {
+    for left in [left0, left1] {
         let _ = writeln!(
             out,
             r##"<line x1="{left}" y1="{axis_y}" x2="{}" y2="{axis_y}" stroke="#888"/>"##,
             left + PANEL
         );
-        for t in 0..=4 {
-            let x = left + PANEL * f64::from(t) / 4.0;
-            let _ = writeln!(
-                out,
-                r##"<text x="{x:.1}" y="{}" text-anchor="middle" fill="#555">{:.0}</text>"##,
-                axis_y + 16.0,
-                max * f64::from(t) / 4.0
-            );
-        }
+    }
+    for t in 0..=4 {
+        let x = left0 + PANEL * f64::from(t) / 4.0;
+        let _ = writeln!(
+            out,
+            r##"<text x="{x:.1}" y="{}" text-anchor="middle" fill="#555">{:.0}</text>"##,
+            axis_y + 16.0,
+            rps_max * f64::from(t) / 4.0
+        );
+    }
+    for d in d_lo..=d_hi {
+        let x = left1 + lat_x(10f64.powi(d));
+        let _ = writeln!(
+            out,
+            r##"<text x="{x:.1}" y="{}" text-anchor="middle" fill="#555">{:.0}</text>"##,
+            axis_y + 16.0,
+            10f64.powi(d)
+        );
+    }
+    // The headline goal: scenario 2 at ≥ 0.85 × bare Envoy's requests/s.
+    if let Some(bare) = s.first() {
+        let x = left0 + PANEL * 0.85 * bare.rps.median / rps_max;
+        let _ = writeln!(
+            out,
+            r##"<line x1="{x:.1}" y1="{}" x2="{x:.1}" y2="{axis_y}" stroke="#e15759" stroke-dasharray="4 3"/>"##,
+            TOP - 4.0
+        );
+        let _ = writeln!(
+            out,
+            r##"<text x="{:.1}" y="{}" fill="#e15759" font-size="10">0.85 × bare</text>"##,
+            x + 3.0,
+            TOP + 2.0
+        );
     }
     let _ = writeln!(
         out,
@@ -161,6 +210,13 @@ mod tests {
         assert_eq!(nice_max(1234.0), 2000.0);
         assert_eq!(nice_max(4999.0), 5000.0);
         assert_eq!(nice_max(0.0), 1.0);
+    }
+
+    #[test]
+    fn log_axis_decades_cover_the_values() {
+        assert_eq!(decades(350.0, 63_000.0), (2, 5));
+        assert_eq!(decades(20.0, 90.0), (1, 2));
+        assert_eq!(decades(f64::INFINITY, 0.0), (2, 3));
     }
 
     #[test]
