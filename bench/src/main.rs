@@ -241,6 +241,8 @@ struct Cfg {
     row: ScenarioRow,
     envoy: usize,
     kind: LoadKind,
+    /// The request's headers (`Host` and the credential this configuration reads).
+    headers: Vec<(String, String)>,
 }
 
 /// Everything a measured run needs.
@@ -249,7 +251,6 @@ struct Bench<'a> {
     envoys: Vec<Envoy>,
     cfgs: Vec<Cfg>,
     sidecar: SeededSidecar,
-    headers: Vec<(String, String)>,
     pinned: bool,
     ticks_per_s: u64,
     done_lua: PathBuf,
@@ -257,6 +258,14 @@ struct Bench<'a> {
 }
 
 impl Bench<'_> {
+    fn headers(&self, i: usize) -> Result<&[(String, String)]> {
+        Ok(&self
+            .cfgs
+            .get(i)
+            .ok_or_else(|| anyhow!("no config {i}"))?
+            .headers)
+    }
+
     fn envoy(&self, i: usize) -> Result<&Envoy> {
         let c = self.cfgs.get(i).ok_or_else(|| anyhow!("no config {i}"))?;
         self.envoys
@@ -265,7 +274,8 @@ impl Bench<'_> {
     }
 
     /// One request per fresh session for a cache-miss run.
-    fn miss_requests(&mut self, count: usize) -> Result<Vec<Vec<u8>>> {
+    fn miss_requests(&mut self, i: usize, count: usize) -> Result<Vec<Vec<u8>>> {
+        let headers = self.headers(i)?.to_vec();
         let slice = self
             .sidecar
             .sessions
@@ -274,7 +284,7 @@ impl Bench<'_> {
         self.next_miss += count;
         Ok(slice
             .iter()
-            .map(|s| openloop::request_bytes(ADMIN_PATH, &with_cookie(&self.headers, &s.cookie)))
+            .map(|s| openloop::request_bytes(ADMIN_PATH, &with_cookie(&headers, &s.cookie)))
             .collect())
     }
 
@@ -283,11 +293,14 @@ impl Bench<'_> {
         let kind = self.cfgs.get(i).map(|c| c.kind).unwrap_or(LoadKind::Static);
         let miss = match kind {
             LoadKind::Static => None,
-            LoadKind::Miss => Some(self.miss_requests(if count {
-                self.p.miss_per_run
-            } else {
-                self.p.miss_per_run / 4 + 1
-            })?),
+            LoadKind::Miss => Some(self.miss_requests(
+                i,
+                if count {
+                    self.p.miss_per_run
+                } else {
+                    self.p.miss_per_run / 4 + 1
+                },
+            )?),
         };
         let (envoy_pid, addr) = {
             let e = self.envoy(i)?;
@@ -302,7 +315,7 @@ impl Bench<'_> {
             None => wrk::run(&wrk::Load {
                 addr,
                 path: ADMIN_PATH,
-                headers: &self.headers,
+                headers: self.headers(i)?,
                 connections: self.p.connections,
                 duration: Duration::from_secs(seconds),
                 cpu: self.pinned.then_some(LOAD_CPU),
@@ -334,7 +347,7 @@ impl Bench<'_> {
 
     fn open(&self, i: usize, round: u64, rate: f64) -> Result<OpenRun> {
         let envoy = self.envoy(i)?;
-        let request = openloop::request_bytes(ADMIN_PATH, &self.headers);
+        let request = openloop::request_bytes(ADMIN_PATH, self.headers(i)?);
         let sample = openloop::run(
             envoy.addr,
             &request,
@@ -358,12 +371,19 @@ impl Bench<'_> {
     }
 }
 
-/// The request every static configuration gets: the demo's admin route, with the session
-/// cookie (for the filter) and the bearer token (for `jwt_authn`); the others ignore them.
-fn request_headers(cookie: &str, token: &str) -> Vec<(String, String)> {
+/// The request of the cookie-based configurations (bare Envoy, no-op wasm, the filter,
+/// ext_authz): `GET /admin` on the demo's admin host with the session cookie.
+fn cookie_headers(cookie: &str) -> Vec<(String, String)> {
     vec![
         ("Host".to_owned(), ADMIN_HOST.to_owned()),
         ("Cookie".to_owned(), cookie.to_owned()),
+    ]
+}
+
+/// The same request for `jwt_authn`: the credential is a bearer token instead.
+fn bearer_headers(token: &str) -> Vec<(String, String)> {
+    vec![
+        ("Host".to_owned(), ADMIN_HOST.to_owned()),
         ("Authorization".to_owned(), format!("Bearer {token}")),
     ]
 }
@@ -580,7 +600,8 @@ fn run(p: &Params, out_dir: &Path) -> Result<()> {
         .cloned()
         .ok_or_else(|| anyhow!("no sessions"))?;
     let (token, jwks) = jwt_material()?;
-    let headers = request_headers(&cached.cookie, &token);
+    let headers = cookie_headers(&cached.cookie);
+    let bearer = bearer_headers(&token);
 
     // ---- the Envoys ----------------------------------------------------------------------
     let wasm_str = wasm.display().to_string();
@@ -599,7 +620,11 @@ fn run(p: &Params, out_dir: &Path) -> Result<()> {
     let mut cfgs = Vec::new();
     let mut add = |envoy: Envoy, envoys: &mut Vec<Envoy>, row: ScenarioRow, kind: LoadKind| {
         envoys.push(envoy);
+        // The same request everywhere except the credential: jwt_authn reads a bearer
+        // token, everything else the session cookie (the others ignore it).
+        let h = if row.id == "4" { &bearer } else { &headers };
         cfgs.push(Cfg {
+            headers: h.clone(),
             row,
             envoy: envoys.len() - 1,
             kind,
@@ -837,18 +862,13 @@ fn run(p: &Params, out_dir: &Path) -> Result<()> {
         let e = envoys
             .get(get_envoy(&cfgs, &envoys, "4")?)
             .ok_or_else(|| anyhow!("jwt"))?;
-        let no_token: Vec<(String, String)> = full
-            .iter()
-            .filter(|(k, _)| k != "Authorization")
-            .cloned()
-            .collect();
-        let r = get(e, &no_token)?;
+        let r = get(e, &[])?;
         ensure!(
             r.status == 401,
             "jwt_authn without token answered {}",
             r.status
         );
-        let r = get(e, &full)?;
+        let r = get(e, &hdrs(&bearer))?;
         ensure!(
             r.status == 200 && seen(&r, SEEN_EMAIL_HEADER) == child::user_email(0),
             "jwt_authn with token answered {} (email {:?}):\n{}",
@@ -869,7 +889,6 @@ fn run(p: &Params, out_dir: &Path) -> Result<()> {
         envoys,
         cfgs,
         sidecar,
-        headers,
         pinned,
         ticks_per_s,
         done_lua,
@@ -972,7 +991,6 @@ fn run(p: &Params, out_dir: &Path) -> Result<()> {
     let Bench {
         envoys,
         mut sidecar,
-        headers,
         ..
     } = bench;
     drop(envoys);
@@ -1161,11 +1179,14 @@ mod tests {
     }
 
     #[test]
-    fn cookie_replacement_keeps_the_other_headers() {
-        let h = request_headers("_pomerium=a", "tok");
+    fn requests_differ_only_in_the_credential() {
+        let h = cookie_headers("_pomerium=a");
         let h2 = with_cookie(&h, "_pomerium=b");
-        assert_eq!(h2.len(), 3);
+        assert_eq!(h2.len(), 2);
         assert!(h2.contains(&("Cookie".to_owned(), "_pomerium=b".to_owned())));
-        assert!(h2.contains(&("Authorization".to_owned(), "Bearer tok".to_owned())));
+        assert!(h2.contains(&("Host".to_owned(), ADMIN_HOST.to_owned())));
+        let b = bearer_headers("tok");
+        assert_eq!(b[0], h[0], "same host");
+        assert_eq!(b[1], ("Authorization".to_owned(), "Bearer tok".to_owned()));
     }
 }
