@@ -14,6 +14,7 @@
 pub mod envoy;
 pub mod fixtures;
 pub mod http;
+pub mod scale;
 pub mod sidecar;
 
 use std::collections::HashMap;
@@ -386,6 +387,22 @@ impl Vm {
             .collect()
     }
 
+    /// How many calls this VM has dispatched so far (a cursor for [`Vm::calls_since`]).
+    pub fn call_count(&self) -> usize {
+        self.store.data().calls.len()
+    }
+
+    /// Calls dispatched since the VM had made `count` (see [`Vm::call_count`]), oldest
+    /// first, answered or not. Unlike [`Vm::pending_calls`] its cost does not grow with the
+    /// VM's history (the memory bench makes tens of thousands of calls).
+    pub fn calls_since(&self, count: usize) -> Vec<HttpCall> {
+        self.store
+            .data()
+            .calls
+            .get(count..)
+            .map_or_else(Vec::new, <[HttpCall]>::to_vec)
+    }
+
     /// Every call ever dispatched by this VM.
     pub fn all_calls(&self) -> Vec<HttpCall> {
         self.store.data().calls.clone()
@@ -453,6 +470,15 @@ impl Vm {
         );
         self.store.data_mut().call_response = None;
         r
+    }
+
+    /// Size of the module's linear memory in bytes. Wasm memory only grows, so this is the
+    /// high-water mark of the filter's heap (its allocator's in-use bytes are not exported).
+    pub fn memory_bytes(&mut self) -> anyhow::Result<usize> {
+        match self.instance.get_export(&mut self.store, "memory") {
+            Some(Extern::Memory(m)) => Ok(m.data_size(&self.store)),
+            _ => anyhow::bail!("module exports no memory"),
+        }
     }
 
     /// Log lines the filter wrote (level, text), including WASI stdout/stderr.
