@@ -106,6 +106,23 @@ struct Inner {
     evicted: HashMap<String, (u64, Instant)>,
 }
 
+impl Inner {
+    /// Forget evictions older than [`EVICTION_MEMORY`]. A read whose ticket predates a
+    /// forgotten eviction could otherwise cache a view from before it, so the floor
+    /// (`reset_seq`) rises to the newest forgotten one: such tickets are refused.
+    fn forget_evictions(&mut self, now: Instant) {
+        let mut forgotten = 0;
+        self.evicted.retain(|_, (seq, at)| {
+            let keep = now.duration_since(*at) < EVICTION_MEMORY;
+            if !keep {
+                forgotten = forgotten.max(*seq);
+            }
+            keep
+        });
+        self.reset_seq = self.reset_seq.max(forgotten);
+    }
+}
+
 /// One store read in flight per (session id, audience); see [`SessionCache::gate`].
 type Gates = HashMap<(String, String), Weak<tokio::sync::Mutex<()>>>;
 
@@ -220,9 +237,7 @@ impl SessionCache {
         for id in ids {
             inner.map.remove(id);
             if inner.evicted.len() >= CAPACITY {
-                inner
-                    .evicted
-                    .retain(|_, (_, at)| now.duration_since(*at) < EVICTION_MEMORY);
+                inner.forget_evictions(now);
                 if inner.evicted.len() >= CAPACITY {
                     // Forgetting evictions is safe only if every read in flight is refused.
                     inner.evicted.clear();
@@ -249,9 +264,7 @@ impl SessionCache {
         inner
             .map
             .retain(|_, e| e.as_ref().is_none_or(|e| e.expires_at > now));
-        inner
-            .evicted
-            .retain(|_, (_, t)| at.duration_since(*t) < EVICTION_MEMORY);
+        inner.forget_evictions(at);
     }
 
     /// Number of cached ids (sessions and known-absent ids).
@@ -374,6 +387,29 @@ mod tests {
         c.insert("x", Some(entry(i64::MAX)), t);
         assert!(matches!(c.lookup("x"), Lookup::Miss));
         assert!(matches!(c.lookup("s"), Lookup::Miss));
+    }
+
+    #[test]
+    fn forgotten_evictions_still_refuse_older_reads() {
+        let c = SessionCache::new();
+        c.mark_synced();
+        let t = c.ticket();
+        c.evict(["s"].into_iter());
+        // Later, the sweep forgets the eviction...
+        let long_ago = Instant::now()
+            .checked_sub(EVICTION_MEMORY + Duration::from_secs(1))
+            .unwrap();
+        for (_, at) in c.lock().evicted.values_mut() {
+            *at = long_ago;
+        }
+        c.sweep();
+        assert!(c.lock().evicted.is_empty());
+        // ...but a read that started before it is still not cached.
+        c.insert("s", Some(entry(i64::MAX)), t);
+        assert!(matches!(c.lookup("s"), Lookup::Miss));
+        // A read after it is.
+        c.insert("s", Some(entry(i64::MAX)), c.ticket());
+        assert!(matches!(c.lookup("s"), Lookup::Hit(_)));
     }
 
     #[test]
