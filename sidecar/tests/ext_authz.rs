@@ -1083,3 +1083,326 @@ async fn concurrent_misses_for_one_session_share_one_store_read() {
     }
     assert_eq!(f.state.metrics.session_lookups.get(), before + 1);
 }
+
+// ---- regressions from the security review ----------------------------------------------
+
+/// An Envoy HTTP-service check whose header values are raw bytes (obs-text, UTF-8, Latin-1).
+async fn get_bytes(
+    router: &Router,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &[u8])],
+) -> (StatusCode, HeaderMap) {
+    let mut req = Request::get(format!("{HTTP_PATH_PREFIX}{path}"))
+        .header("host", host)
+        .header(TOKEN_HEADER, token());
+    for (k, v) in headers {
+        req = req.header(*k, axum::http::HeaderValue::from_bytes(v).unwrap());
+    }
+    f_send(router, req.body(Body::empty()).unwrap()).await
+}
+
+/// As [`send`], but header values are kept as bytes (they may not be visible ASCII).
+async fn f_send(router: &Router, req: Request<Body>) -> (StatusCode, HeaderMap) {
+    let resp = router.clone().oneshot(req).await.unwrap();
+    (resp.status(), resp.headers().clone())
+}
+
+fn removed_of(h: &HeaderMap) -> Vec<String> {
+    h.get("x-envoy-auth-headers-to-remove")
+        .map(|v| {
+            v.to_str()
+                .unwrap()
+                .split(',')
+                .map(|s| s.trim().to_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn unencodable_claim_value_still_strips_the_spoofed_header() {
+    let f = fixture().await;
+    f.idp.add_user("eve", "eve\u{1}@example.com", &["admins"]);
+    let s = login(&f.state, &f.idp, "eve", Default::default()).await;
+    let a = get(
+        &f.router,
+        "app.example.com",
+        "/",
+        &[
+            ("cookie", &format!("{COOKIE}={}", seal(&s))),
+            ("x-email", "ceo@example.com"),
+        ],
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert!(
+        a.header("x-email").is_some() || a.removed().contains(&"x-email".to_owned()),
+        "{a:?}"
+    );
+    // gRPC: the header is not set (Envoy would refuse the response) and is removed.
+    let mut g = Grpc::connect(f.router.clone()).await;
+    let r = g
+        .check(
+            &check_request(
+                "GET",
+                "app.example.com",
+                "/",
+                &[
+                    ("cookie", &format!("{COOKIE}={}", seal(&s))),
+                    ("x-email", "ceo@example.com"),
+                ],
+            ),
+            Some(&token()),
+        )
+        .await;
+    let Some(HttpResponse::OkResponse(ok)) = r.http_response else {
+        panic!("{r:?}")
+    };
+    assert_eq!(header_of(&ok.headers, "x-email"), None);
+    assert!(
+        ok.headers_to_remove.contains(&"x-email".to_owned()),
+        "{ok:?}"
+    );
+    // nginx: the header is sent empty (which drops the client's).
+    let a = nginx(
+        &f.router,
+        "app.example.com",
+        "/",
+        &[("cookie", &format!("{COOKIE}={}", seal(&s)))],
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(a.header("x-email").unwrap_or(""), "");
+}
+
+#[tokio::test]
+async fn nginx_dot_segments_after_sidecar_prefixes_are_not_exempt() {
+    let f = fixture().await;
+    for uri in [
+        "/.pomerium/../secret",
+        "/.pomerium/%2e%2e/secret",
+        "/.pomerium/%2E%2E/secret",
+        "/.well-known/pomerium/../secret",
+        "/.pomerium/./../secret",
+        "/.pomerium/..;/secret",
+        "/.pomerium/..%2fsecret",
+        "/.pomerium/..%5Csecret",
+        "/.pomerium/..\\secret",
+        "//.pomerium/x",
+        "/x//y",
+        "/%2epomerium/x",
+        // nginx decodes every escape before choosing a location; the upstream does too.
+        "/%61dmin",
+    ] {
+        let a = nginx(&f.router, "public.example.com", uri, &[]).await;
+        assert_eq!(a.status, StatusCode::FORBIDDEN, "{uri}");
+        assert_eq!(
+            a.header("x-portcullis-reason"),
+            Some("non-normal-path"),
+            "{uri}"
+        );
+    }
+    // Normal paths (a query may hold anything) are judged as before.
+    for uri in ["/", "/a/b/", "/a.b/..c/%20?x=../..//%2e"] {
+        let a = nginx(&f.router, "public.example.com", uri, &[]).await;
+        assert_eq!(a.status, StatusCode::OK, "{uri}");
+    }
+}
+
+#[tokio::test]
+async fn envoy_dot_segments_after_sidecar_prefixes_are_not_exempt() {
+    let f = fixture().await;
+    for path in [
+        "/.pomerium/../secret",
+        "/.pomerium/%2e%2e/secret",
+        "/.well-known/pomerium/../secret",
+        "/.pomerium/..%2Fsecret",
+    ] {
+        let a = get(&f.router, "app.example.com", path, &[]).await;
+        assert_eq!(a.status, StatusCode::BAD_REQUEST, "{path}");
+        assert!(a.body.contains("non-normal-path"), "{path}: {}", a.body);
+        let mut g = Grpc::connect(f.router.clone()).await;
+        let r = g
+            .check(
+                &check_request("GET", "app.example.com", path, &[]),
+                Some(&token()),
+            )
+            .await;
+        let Some(HttpResponse::DeniedResponse(d)) = &r.http_response else {
+            panic!("{path}: {r:?}")
+        };
+        assert_eq!(d.status.unwrap().code, 400, "{path}");
+    }
+    // Envoy decodes unreserved escapes itself when it normalises: not refused here.
+    assert_eq!(
+        get(&f.router, "public.example.com", "/%7Euser", &[])
+            .await
+            .status,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn non_ascii_cookies_and_claim_headers_never_let_ours_or_a_spoofed_one_through() {
+    let f = fixture().await;
+    let s = login(&f.state, &f.idp, "alice", Default::default()).await;
+    let ours = format!("{COOKIE}={}", seal(&s));
+    // UTF-8 (obs-text to `to_str`): stripped like any other cookie header.
+    let utf8 = format!("{ours}; lang=José");
+    for host in ["public.example.com", "app.example.com"] {
+        let (status, h) = get_bytes(
+            &f.router,
+            host,
+            "/",
+            &[
+                ("cookie", utf8.as_bytes()),
+                ("x-pomerium-claim-foo", "José".as_bytes()),
+            ],
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{host}");
+        assert_eq!(
+            h.get("cookie").map(|v| v.as_bytes()),
+            Some("lang=José".as_bytes()),
+            "{host}"
+        );
+        assert!(
+            removed_of(&h).contains(&"x-pomerium-claim-foo".to_owned()),
+            "{host}: {h:?}"
+        );
+    }
+    // Not UTF-8 (Latin-1): the session still opens, the whole Cookie header is removed.
+    let mut latin1 = format!("{ours}; lang=Jos").into_bytes();
+    latin1.push(0xe9);
+    let (status, h) = get_bytes(
+        &f.router,
+        "app.example.com",
+        "/",
+        &[("cookie", &latin1), ("x-pomerium-claim-foo", b"\xe9")],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(h.get("cookie").is_none(), "{h:?}");
+    let removed = removed_of(&h);
+    assert!(removed.contains(&"cookie".to_owned()), "{removed:?}");
+    assert!(
+        removed.contains(&"x-pomerium-claim-foo".to_owned()),
+        "{removed:?}"
+    );
+    let (status, h) = get_bytes(&f.router, "public.example.com", "/", &[("cookie", &latin1)]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(h.get("cookie").is_none(), "{h:?}");
+    assert!(removed_of(&h).contains(&"cookie".to_owned()));
+
+    // gRPC with `encode_raw_headers`: the same.
+    let mut g = Grpc::connect(f.router.clone()).await;
+    let mut raw = check_request("GET", "app.example.com", "/", &[]);
+    let http = raw
+        .attributes
+        .as_mut()
+        .unwrap()
+        .request
+        .as_mut()
+        .unwrap()
+        .http
+        .as_mut()
+        .unwrap();
+    http.headers.clear();
+    http.header_map = Some(proto::HeaderMap {
+        headers: vec![
+            proto::HeaderValue {
+                key: "cookie".into(),
+                value: String::new(),
+                raw_value: latin1.clone(),
+            },
+            proto::HeaderValue {
+                key: "x-pomerium-claim-foo".into(),
+                value: String::new(),
+                raw_value: b"\xe9".to_vec(),
+            },
+        ],
+    });
+    let r = g.check(&raw, Some(&token())).await;
+    let Some(HttpResponse::OkResponse(ok)) = r.http_response else {
+        panic!("{r:?}")
+    };
+    assert_eq!(header_of(&ok.headers, "cookie"), None, "{ok:?}");
+    assert!(
+        ok.headers_to_remove.contains(&"cookie".to_owned()),
+        "{ok:?}"
+    );
+    assert!(
+        ok.headers_to_remove
+            .contains(&"x-pomerium-claim-foo".to_owned()),
+        "{ok:?}"
+    );
+
+    // nginx: the upstream gets no Cookie header; a UTF-8 one keeps its other cookies.
+    let req = |cookie: &[u8]| {
+        Request::get(ext_authz::NGINX_PATH)
+            .header("x-original-uri", "/")
+            .header("x-original-method", "GET")
+            .header("x-original-host", "app.example.com")
+            .header(TOKEN_HEADER, token())
+            .header(
+                "cookie",
+                axum::http::HeaderValue::from_bytes(cookie).unwrap(),
+            )
+            .body(Body::empty())
+            .unwrap()
+    };
+    let (status, h) = f_send(&f.router, req(&latin1)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        h.get("x-portcullis-cookie").map(|v| v.as_bytes()),
+        Some(&b""[..])
+    );
+    let (status, h) = f_send(&f.router, req(utf8.as_bytes())).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        h.get("x-portcullis-cookie").map(|v| v.as_bytes()),
+        Some("lang=José".as_bytes())
+    );
+}
+
+#[tokio::test]
+async fn grpc_cookie_with_comma_is_forwarded_unchanged() {
+    let f = fixture().await;
+    let alice = login(&f.state, &f.idp, "alice", Default::default()).await;
+    let mut g = Grpc::connect(f.router.clone()).await;
+    let r = g
+        .check(
+            &check_request(
+                "GET",
+                "app.example.com",
+                "/",
+                &[("cookie", &format!("prefs=a,b; {COOKIE}={}", seal(&alice)))],
+            ),
+            Some(&token()),
+        )
+        .await;
+    let Some(HttpResponse::OkResponse(ok)) = r.http_response else {
+        panic!("{r:?}")
+    };
+    assert_eq!(header_of(&ok.headers, "cookie"), Some("prefs=a,b"));
+    // Two headers merged with a comma: only our pair goes.
+    let r = g
+        .check(
+            &check_request(
+                "GET",
+                "app.example.com",
+                "/",
+                &[(
+                    "cookie",
+                    &format!("x=1; {COOKIE}={},prefs=a,b", seal(&alice)),
+                )],
+            ),
+            Some(&token()),
+        )
+        .await;
+    let Some(HttpResponse::OkResponse(ok)) = r.http_response else {
+        panic!("{r:?}")
+    };
+    assert_eq!(header_of(&ok.headers, "cookie"), Some("x=1; prefs=a,b"));
+}

@@ -32,6 +32,9 @@ pub mod reason {
     pub const POLICY_NOT_LOADED: &str = "policy-not-loaded";
     /// The caller (proxy) did not authenticate.
     pub const CALLER_UNAUTHENTICATED: &str = "ext-authz-caller-unauthenticated";
+    /// The path is not in normal form (dot segments, `//`, encoded `.` `/` `\`, …): the
+    /// proxy or the upstream may read it as another path than the one we would judge.
+    pub const NON_NORMAL_PATH: &str = "non-normal-path";
 }
 
 /// The original request, as a front end read it from its protocol.
@@ -47,6 +50,25 @@ pub struct Request<'a> {
     pub scheme: Option<&'a str>,
     /// Every other header, names lower-case (`cookie` may repeat).
     pub headers: &'a [(&'a str, &'a str)],
+    /// The front end's rules for the path and the `Cookie` header.
+    pub quirks: Quirks,
+}
+
+/// What differs between the front ends' requests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Quirks {
+    /// Refuse any percent-escape of an unreserved character too (`%61dmin`): nginx decodes
+    /// every escape before it picks a location, and the upstream gets the raw path, so a
+    /// path must be judged exactly as written. (Envoy's `normalize_path` decodes those
+    /// itself; without it Envoy routes on the raw path, as we judge it.)
+    pub strict_path: bool,
+    /// Some `Cookie` header was not UTF-8 (decoded lossily for the session lookup): on
+    /// allow the whole header is removed upstream, since ours cannot be cut out of bytes
+    /// we could not read exactly.
+    pub cookie_undecodable: bool,
+    /// `,` separates cookies too (Envoy's gRPC `headers` join repeated headers with `,`);
+    /// only for finding and removing ours: other cookies go upstream unchanged.
+    pub cookie_commas: bool,
 }
 
 impl<'a> Request<'a> {
@@ -157,6 +179,7 @@ fn no_store() -> (&'static str, String) {
 
 fn refusal(status: u16, reason: &str, rid: &str, accept: Option<&str>) -> Reply {
     let title = match status {
+        400 => "bad request",
         403 => "access denied",
         404 => "not found",
         _ => "service unavailable",
@@ -346,14 +369,23 @@ impl Authorizer {
         let Some(engine) = active.engine.as_ref() else {
             return refuse(503, reason::POLICY_NOT_LOADED);
         };
-        if req.path.starts_with("/.portcullis/") {
+        // A path the proxy or the upstream could read as another one is refused, never
+        // judged: `/.pomerium/../secret` must not pass as a sidecar path (nginx routes on
+        // the decoded, normalised `$uri`, the upstream resolves the dots itself).
+        if !path_is_normal(req.path, req.quirks.strict_path) {
+            return refuse(400, reason::NON_NORMAL_PATH);
+        }
+        // Already normal but for the query; the prefixes are tested on the normalised path
+        // anyway, so that no later change to the check above can reopen the exemption.
+        let norm = eval::path::normalise(eval::path::strip_query(req.path));
+        if norm.starts_with("/.portcullis/") {
             return refuse(404, reason::INTERNAL_PATH);
         }
         // The sidecar's own endpoints (callback, sign-out, JWKS, user info) pass untouched
         // but for the stripped headers, as in the filter without a route name.
-        if req.path.starts_with("/.pomerium/")
-            || req.path == "/.pomerium"
-            || req.path.starts_with("/.well-known/pomerium/")
+        if norm.starts_with("/.pomerium/")
+            || norm == "/.pomerium"
+            || norm.starts_with("/.well-known/pomerium/")
             || (!active.auth_host.is_empty()
                 && host_of(req.authority).eq_ignore_ascii_case(&active.auth_host))
         {
@@ -367,13 +399,21 @@ impl Authorizer {
         };
         let info = engine.route(route);
         let needs_session =
-            info.uses_identity || info.pass_identity_headers || req.path.starts_with("/.pomerium/");
+            info.uses_identity || info.pass_identity_headers || norm.starts_with("/.pomerium/");
 
         let now = now_unix();
         let now_u = u64::try_from(now).unwrap_or(0);
         let cookie_header = req.cookie();
+        // What to parse: with `cookie_commas`, `,` separates pairs too.
+        let cookie_parse: Option<Cow<'_, str>> = match cookie_header.as_deref() {
+            Some(h) if req.quirks.cookie_commas && h.contains(',') => {
+                Some(Cow::Owned(h.replace(',', ";")))
+            }
+            Some(h) => Some(Cow::Borrowed(h)),
+            None => None,
+        };
         // The first cookie value that opens wins (a planted one cannot shadow it).
-        let sid = cookie_header
+        let sid = cookie_parse
             .as_deref()
             .filter(|_| needs_session)
             .and_then(|h| {
@@ -415,12 +455,21 @@ impl Authorizer {
         match engine.evaluate(route, &eval_req, entry.as_deref().map(|e| &e.subject)) {
             Decision::Allow => {
                 let mut set: Vec<(String, String)> = Vec::new();
-                if let Some(h) = cookie_header.as_deref()
-                    && cookie::cookie_values(h, &active.cookie_name)
+                if req.quirks.cookie_undecodable {
+                    // Fail closed: ours may be in there.
+                    remove.push("cookie".to_owned());
+                } else if let (Some(h), Some(p)) =
+                    (cookie_header.as_deref(), cookie_parse.as_deref())
+                    && cookie::cookie_values(p, &active.cookie_name)
                         .next()
                         .is_some()
                 {
-                    match cookie::strip_cookie(h, &active.cookie_name) {
+                    let rest = if req.quirks.cookie_commas {
+                        strip_cookie_commas(h, &active.cookie_name)
+                    } else {
+                        cookie::strip_cookie(h, &active.cookie_name)
+                    };
+                    match rest {
                         Some(rest) => set.push(("cookie".to_owned(), rest)),
                         None => remove.push("cookie".to_owned()),
                     }
@@ -435,6 +484,22 @@ impl Authorizer {
                         set.push((h.name.clone(), h.value.clone()));
                     }
                 }
+                // A value no proxy can send (a control character in a claim) is not set —
+                // and its name stays on the remove list, so the client's own header of that
+                // name never passes in its place.
+                set.retain(|(name, value)| {
+                    let ok = header_value_ok(value);
+                    if !ok {
+                        tracing::debug!(
+                            header = %name,
+                            "ext_authz: not a valid header value (not logged); header removed instead"
+                        );
+                        if !remove.iter().any(|r| r == name) {
+                            remove.push(name.clone());
+                        }
+                    }
+                    ok
+                });
                 remove.retain(|r| !set.iter().any(|(n, _)| n == r));
                 Outcome::Allow { set, remove }
             }
@@ -523,6 +588,87 @@ fn refuse(status: u16, reason: &'static str) -> Outcome {
     Outcome::Refuse { status, reason }
 }
 
+/// Whether `value` can be sent as a header value: no control character but tab (bytes
+/// ≥ 0x80 are obs-text, which proxies pass on).
+pub(super) fn header_value_ok(value: &str) -> bool {
+    value
+        .bytes()
+        .all(|b| b == b'\t' || (b >= 0x20 && b != 0x7f))
+}
+
+/// Whether the path (query aside) is in the normal form every proxy and upstream reads the
+/// same way: starts with `/`; no empty segment but a trailing one (`//`); no `.` or `..`
+/// segment (also `..;x`, which servlet containers read as `..`); no `\` or `#`; no
+/// escape of `.`, `/` or `\` (`%2e`, `%2f`, `%5c`); no malformed escape; with `strict`, no
+/// escape of any unreserved character either (`%61` for `a`).
+pub(super) fn path_is_normal(path: &str, strict: bool) -> bool {
+    let p = eval::path::strip_query(path);
+    if !p.starts_with('/') || p.bytes().any(|b| b == b'\\' || b == b'#') {
+        return false;
+    }
+    let mut segs = p.split('/').skip(1).peekable();
+    while let Some(seg) = segs.next() {
+        if seg.is_empty() && segs.peek().is_some() {
+            return false;
+        }
+        let core = seg.split(';').next().unwrap_or(seg);
+        if core == "." || core == ".." {
+            return false;
+        }
+    }
+    let bytes = p.as_bytes();
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        if b == b'%' {
+            let hex = |j: usize| bytes.get(j).and_then(|c| char::from(*c).to_digit(16));
+            let (Some(hi), Some(lo)) = (hex(i + 1), hex(i + 2)) else {
+                return false;
+            };
+            let c = u8::try_from(hi * 16 + lo).unwrap_or(0);
+            if matches!(c, b'.' | b'/' | b'\\')
+                || (strict && (c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'~')))
+            {
+                return false;
+            }
+            i += 3;
+        } else {
+            i += 1;
+        }
+    }
+    true
+}
+
+/// [`cookie::strip_cookie`] where `,` separates pairs too: removes only our pairs, and
+/// leaves every other `;`-separated piece exactly as it was (`prefs=a,b` stays).
+fn strip_cookie_commas(header: &str, name: &str) -> Option<String> {
+    let is_ours = |pair: &str| pair.split_once('=').map_or(pair, |(k, _)| k).trim() == name;
+    let mut out = String::with_capacity(header.len());
+    for piece in header.split(';') {
+        let piece = piece.trim();
+        if piece.is_empty() {
+            continue;
+        }
+        let kept: Cow<'_, str> = if piece.split(',').any(is_ours) {
+            let rest: Vec<&str> = piece
+                .split(',')
+                .filter(|p| !is_ours(p) && !p.trim().is_empty())
+                .map(str::trim)
+                .collect();
+            if rest.is_empty() {
+                continue;
+            }
+            Cow::Owned(rest.join(","))
+        } else {
+            Cow::Borrowed(piece)
+        };
+        if !out.is_empty() {
+            out.push_str("; ");
+        }
+        out.push_str(&kept);
+    }
+    (!out.is_empty()).then_some(out)
+}
+
 /// The evaluator's subject for a policy view (as the filter builds it).
 fn subject(view: &SessionView) -> Subject {
     let claims = Claims::from_flat(view.claims.iter().map(|c| {
@@ -585,11 +731,53 @@ mod tests {
             method: "GET",
             scheme: None,
             headers: &headers,
+            quirks: Quirks::default(),
         };
         assert_eq!(r.cookie().as_deref(), Some("a=1; b=2"));
         let one = [("cookie", "a=1")];
         let r = Request { headers: &one, ..r };
         assert!(matches!(r.cookie(), Some(Cow::Borrowed("a=1"))));
+    }
+
+    #[test]
+    fn normal_paths() {
+        for p in [
+            "/",
+            "/a",
+            "/a/b/",
+            "/a.b/..c/.d",
+            "/%20/%C3%A9",
+            "/a?x=/../..//%2e",
+            "/a;x",
+        ] {
+            assert!(path_is_normal(p, true), "{p}");
+        }
+        for p in [
+            "", "a", "//", "/a//b", "/.", "/./a", "/a/..", "/..;/a", "/a/.;x/b", "/%2e/", "/a%2Fb",
+            "/a%5cb", "/a\\b", "/a#/../b", "/%zz", "/%4",
+        ] {
+            assert!(!path_is_normal(p, false), "{p}");
+        }
+        assert!(path_is_normal("/%7Euser/%41", false));
+        assert!(!path_is_normal("/%7Euser", true));
+        assert!(!path_is_normal("/%41", true));
+    }
+
+    #[test]
+    fn cookies_split_on_commas_only_around_ours() {
+        assert_eq!(
+            strip_cookie_commas("prefs=a,b; _p=x", "_p").as_deref(),
+            Some("prefs=a,b")
+        );
+        assert_eq!(
+            strip_cookie_commas("_p=x,z=9; a=1", "_p").as_deref(),
+            Some("z=9; a=1")
+        );
+        assert_eq!(strip_cookie_commas("_p=x, _p=y", "_p"), None);
+        assert!(!header_value_ok("a\u{1}b"));
+        assert!(!header_value_ok("a\r\nb"));
+        assert!(!header_value_ok("a\u{7f}"));
+        assert!(header_value_ok("José\tx"));
     }
 
     #[test]

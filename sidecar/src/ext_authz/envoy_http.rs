@@ -12,7 +12,7 @@
 //! denial Envoy sends to the client as is (status, body, and the headers matching
 //! `allowed_client_headers`, all of them when unset): our 302 to sign in, 401, 403, 404.
 
-use super::decide::{Outcome, Request, reason};
+use super::decide::{Outcome, Quirks, Request, reason};
 use super::{Authorizer, HTTP_PATH_PREFIX, log_bad_caller};
 use axum::body::Body;
 use axum::extract::State;
@@ -29,11 +29,8 @@ pub(super) async fn check(
     req: axum::extract::Request,
 ) -> Response {
     let (parts, _body) = req.into_parts();
-    let headers: Vec<(&str, &str)> = parts
-        .headers
-        .iter()
-        .filter_map(|(k, v)| Some((k.as_str(), v.to_str().ok()?)))
-        .collect();
+    let (owned, cookie_undecodable) = decode_headers(&parts.headers);
+    let headers: Vec<(&str, &str)> = owned.iter().map(|(k, v)| (*k, &**v)).collect();
     let path = parts
         .uri
         .path_and_query()
@@ -58,6 +55,11 @@ pub(super) async fn check(
         method: parts.method.as_str(),
         scheme,
         headers: &headers,
+        quirks: Quirks {
+            strict_path: false,
+            cookie_undecodable,
+            cookie_commas: false,
+        },
     };
     let outcome = if !authz.caller_ok(&parts.headers) {
         log_bad_caller("envoy-http");
@@ -77,6 +79,30 @@ pub(super) async fn check(
     respond(&outcome, &request)
 }
 
+/// Every header with its value as text, so that none is lost: `to_str` refuses anything
+/// but visible ASCII, and a `Cookie` or `x-pomerium-claim-*` header dropped here would be
+/// neither stripped nor removed upstream. Values that are not UTF-8 are decoded lossily
+/// (their names still count); `true` if some `Cookie` header was one of them.
+pub(super) fn decode_headers(
+    headers: &axum::http::HeaderMap,
+) -> (Vec<(&str, std::borrow::Cow<'_, str>)>, bool) {
+    let mut cookie_undecodable = false;
+    let out = headers
+        .iter()
+        .map(|(k, v)| {
+            let v = match std::str::from_utf8(v.as_bytes()) {
+                Ok(s) => std::borrow::Cow::Borrowed(s),
+                Err(_) => {
+                    cookie_undecodable |= *k == header::COOKIE;
+                    String::from_utf8_lossy(v.as_bytes())
+                }
+            };
+            (k.as_str(), v)
+        })
+        .collect();
+    (out, cookie_undecodable)
+}
+
 /// The check response for an outcome.
 ///
 /// Our 503 (store unreadable, bundle undecodable) is an ext_authz *error* to Envoy: it
@@ -87,12 +113,18 @@ fn respond(outcome: &Outcome, request: &Request<'_>) -> Response {
         Outcome::Allow { set, remove } => {
             let mut resp = StatusCode::OK.into_response();
             let h = resp.headers_mut();
+            let mut remove = remove.clone();
             for (name, value) in set {
-                if let (Ok(n), Ok(v)) = (
+                // `from_bytes`: UTF-8 beyond ASCII (a cookie, a claim) is valid obs-text.
+                match (
                     HeaderName::from_bytes(name.as_bytes()),
-                    HeaderValue::from_str(value),
+                    HeaderValue::from_bytes(value.as_bytes()),
                 ) {
-                    h.append(n, v);
+                    (Ok(n), Ok(v)) => {
+                        h.append(n, v);
+                    }
+                    // Not sent: then removed, never left as the client sent it.
+                    _ => remove.push(name.clone()),
                 }
             }
             if !remove.is_empty()

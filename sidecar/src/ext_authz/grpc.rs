@@ -12,7 +12,7 @@
 //! `DeniedHttpResponse`), never a gRPC error: Envoy turns gRPC errors into
 //! `status_on_error` or, under `failure_mode_allow`, into "allow".
 
-use super::decide::{Outcome, Request, reason};
+use super::decide::{Outcome, Quirks, Request, reason};
 use super::proto::{
     CheckRequest, CheckResponse, DeniedHttpResponse, HeaderValueOption, HttpStatus, OkHttpResponse,
     Status, check_response::HttpResponse, code,
@@ -67,28 +67,28 @@ pub(super) async fn check(
         );
     };
     // Envoy sends `headers` (merged per name) or, with `encode_raw_headers`, `header_map`.
+    // No header is dropped: a raw value that is not UTF-8 is decoded lossily (its name
+    // still counts for removal) and, for `Cookie`, makes `decide` remove the whole header.
+    let mut cookie_undecodable = false;
     let mut owned: Vec<(String, String)> = match http.header_map {
         Some(map) if !map.headers.is_empty() => map
             .headers
             .into_iter()
-            .filter_map(|h| {
+            .map(|h| {
+                let key = h.key.to_ascii_lowercase();
                 let v = if h.raw_value.is_empty() {
                     h.value
                 } else {
-                    String::from_utf8(h.raw_value).ok()?
+                    String::from_utf8(h.raw_value).unwrap_or_else(|e| {
+                        cookie_undecodable |= key == "cookie";
+                        String::from_utf8_lossy(e.as_bytes()).into_owned()
+                    })
                 };
-                Some((h.key.to_ascii_lowercase(), v))
+                (key, v)
             })
             .collect(),
         _ => http.headers.into_iter().collect(),
     };
-    for (k, v) in owned.iter_mut() {
-        // Several `Cookie` headers merged with `,` (HTTP/1.1): a cookie value cannot
-        // contain a comma (RFC 6265 cookie-octet), so it is a pair separator here.
-        if k == "cookie" && v.contains(',') {
-            *v = v.replace(',', ";");
-        }
-    }
     if !http.id.is_empty() && !owned.iter().any(|(k, _)| k == "x-request-id") {
         owned.push(("x-request-id".to_owned(), http.id.clone()));
     }
@@ -103,6 +103,13 @@ pub(super) async fn check(
         method: &http.method,
         scheme: Some(http.scheme.as_str()).filter(|s| !s.is_empty()),
         headers: &headers,
+        quirks: Quirks {
+            strict_path: false,
+            cookie_undecodable,
+            // Several `Cookie` headers merged with `,` (HTTP/1.1): a separator for finding
+            // and removing ours, while the other cookies go upstream exactly as sent.
+            cookie_commas: true,
+        },
     };
     let outcome = if authz.caller_ok(&parts.headers) {
         authz.decide(&request).await

@@ -13,7 +13,7 @@
 //!   it), without it otherwise (the client gets a 401);
 //! - deny / unknown route: `403` with [`REASON`]; store unavailable: `503` (nginx: 500).
 
-use super::decide::{HEADER_JWT, Outcome, Request, is_navigation, reason};
+use super::decide::{HEADER_JWT, Outcome, Quirks, Request, is_navigation, reason};
 use super::{Authorizer, log_bad_caller};
 use axum::extract::State;
 use axum::http::{HeaderName, HeaderValue, StatusCode};
@@ -43,14 +43,14 @@ pub(super) async fn check(
         parts
             .headers
             .get(name)
-            .and_then(|v| v.to_str().ok())
+            .and_then(|v| std::str::from_utf8(v.as_bytes()).ok())
             .unwrap_or("")
     };
-    let headers: Vec<(&str, &str)> = parts
-        .headers
+    let (owned, cookie_undecodable) = super::envoy_http::decode_headers(&parts.headers);
+    let headers: Vec<(&str, &str)> = owned
         .iter()
-        .filter(|(k, _)| !k.as_str().starts_with("x-original-"))
-        .filter_map(|(k, v)| Some((k.as_str(), v.to_str().ok()?)))
+        .filter(|(k, _)| !k.starts_with("x-original-"))
+        .map(|(k, v)| (*k, &**v))
         .collect();
     let request = Request {
         authority: get(ORIGINAL_HOST),
@@ -61,6 +61,13 @@ pub(super) async fn check(
             .get("x-forwarded-proto")
             .and_then(|v| v.to_str().ok()),
         headers: &headers,
+        // nginx picks the location on the decoded, normalised `$uri` while we get the raw
+        // `$request_uri` (which the upstream gets too): only a path both read alike passes.
+        quirks: Quirks {
+            strict_path: true,
+            cookie_undecodable,
+            cookie_commas: false,
+        },
     };
     if !authz.caller_ok(&parts.headers) {
         log_bad_caller("nginx");
@@ -89,7 +96,7 @@ pub(super) async fn check(
                     _ => {
                         if let (Ok(n), Ok(v)) = (
                             HeaderName::from_bytes(name.as_bytes()),
-                            HeaderValue::from_str(value),
+                            HeaderValue::from_bytes(value.as_bytes()),
                         ) {
                             h.insert(n, v);
                         }
@@ -107,10 +114,11 @@ pub(super) async fn check(
                     .collect::<Vec<_>>()
                     .join("; ");
             }
-            if let Ok(v) = HeaderValue::from_str(&cookie) {
+            // Not encodable: not sent, and nginx then sends the upstream no Cookie at all.
+            if let Ok(v) = HeaderValue::from_bytes(cookie.as_bytes()) {
                 h.insert(UPSTREAM_COOKIE, v);
             }
-            if let Ok(v) = HeaderValue::from_str(&jwt) {
+            if let Ok(v) = HeaderValue::from_bytes(jwt.as_bytes()) {
                 h.insert(HEADER_JWT, v);
             }
             resp
