@@ -11,7 +11,9 @@
 //! 404 looked up), refused before any session work.
 //!
 //! Groups: `wasm_scale_named/<probe>/<n>` (Envoy names the route: `route_by_id`) and
-//! `wasm_scale_unnamed/<probe>/<n>` (no route name: `find_route` on host + path in the VM).
+//! `wasm_scale_unnamed/<probe>/<n>` (no route name: `find_route` on host + path in the VM);
+//! `wasm_scale_floor/noop`: the same request through the no-op module of `make bench`
+//! (`bench/noop-filter`, skipped when not built): what the host itself costs.
 //!
 //! `cargo bench -p proxy-wasm-test-host --bench wasm_scale -- --warm-up-time 1 --measurement-time 3`
 
@@ -21,7 +23,7 @@ use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use proxy_wasm_test_host::scale::{self, SIZES};
-use proxy_wasm_test_host::{Action, Process, wasm_path};
+use proxy_wasm_test_host::{Action, Process, fixtures, wasm_path};
 
 fn bench(c: &mut Criterion) {
     let process = Process::load(&wasm_path()).expect("filter.wasm (run `make wasm`)");
@@ -50,6 +52,31 @@ fn bench(c: &mut Criterion) {
         }
         g.finish();
     }
+    // The host's own cost for the same request: the no-op module (built by `make bench`).
+    let noop = scale::noop_wasm_path();
+    if !noop.is_file() {
+        eprintln!(
+            "wasm_scale_floor not measured: {} missing (`cargo build --release --target wasm32-wasip1 -p portcullis-bench-noop`)",
+            noop.display()
+        );
+        return;
+    }
+    let floor = Process::load(&noop).expect("no-op module");
+    let mut vm = floor.vm().expect("vm");
+    assert!(vm.configure("").expect("configure"));
+    let cookie = fixtures::cookie_header(&fixtures::session_id(0), floor.now_ms() / 1000).unwrap();
+    let probe = &policy_compiler::testing::probes(10)[0];
+    let h = scale::headers(&probe.authority, &probe.path, &cookie);
+    let props = [("xds.route_name", probe.route_id.as_str())];
+    let mut g = c.benchmark_group("wasm_scale_floor");
+    g.bench_function("noop", |b| {
+        b.iter(|| {
+            let (id, action) = vm.request(black_box(&h), &props).unwrap();
+            vm.end_stream(id).unwrap();
+            black_box(action)
+        })
+    });
+    g.finish();
 }
 
 criterion_group!(benches, bench);

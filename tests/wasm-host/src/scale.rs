@@ -32,6 +32,21 @@ pub const FILTER_NEGATIVE_CACHE_SIZE: usize = 4_096;
 
 const CLUSTER: &str = "portcullis-sidecar";
 
+/// The no-op proxy-wasm module of `make bench` (`bench/noop-filter`): `$BENCH_NOOP_WASM`,
+/// else the workspace's release build. On this host it measures the host's own cost per
+/// request (stream bookkeeping, header copies, five wasm calls) — the floor under every
+/// `wasm_scale` figure.
+pub fn noop_wasm_path() -> std::path::PathBuf {
+    match std::env::var_os("BENCH_NOOP_WASM") {
+        Some(p) => p.into(),
+        None => Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../target/wasm32-wasip1/release/portcullis_bench_noop.wasm"),
+    }
+}
+
+/// Criterion id of the floor (`wasm_scale_floor/noop`).
+pub const FLOOR_ID: &str = "wasm_scale_floor/noop";
+
 /// Request headers of one probe (what Envoy would hand the filter).
 pub fn headers<'a>(authority: &'a str, path: &'a str, cookie: &'a str) -> [(&'a str, &'a str); 6] {
     [
@@ -470,13 +485,32 @@ impl Section {
         Some(self.at(group, probe, *last)? / self.at(group, probe, *first)?)
     }
 
+    /// Like [`Section::growth`] after subtracting the host's floor ([`FLOOR_ID`]) from both
+    /// figures: the growth of the filter's own work. `None` without a floor, or when the
+    /// floor is not below both figures (then the subtraction means nothing).
+    pub fn net_growth(&self, group: &str, probe: &str) -> Option<f64> {
+        let floor = self.median(FLOOR_ID)?;
+        let (first, last) = (SIZES.first()?, SIZES.last()?);
+        let a = self.at(group, probe, *first)? - floor;
+        let b = self.at(group, probe, *last)? - floor;
+        (a > 0.0 && b > 0.0).then_some(b / a)
+    }
+
     /// The largest growth over `groups` and every probe, with where it was; `None` when
     /// any of them was not measured (a partial figure would flatter).
     pub fn worst_growth(&self, groups: &[&str]) -> Option<(f64, String)> {
+        self.worst_by(groups, Section::growth)
+    }
+
+    fn worst_by(
+        &self,
+        groups: &[&str],
+        f: impl Fn(&Section, &str, &str) -> Option<f64>,
+    ) -> Option<(f64, String)> {
         let mut worst: Option<(f64, String)> = None;
         for g in groups {
             for p in PROBES {
-                let r = self.growth(g, p)?;
+                let r = f(self, g, p)?;
                 if worst.as_ref().is_none_or(|(w, _)| r > *w) {
                     worst = Some((r, format!("{g}/{p}")));
                 }
@@ -523,10 +557,23 @@ impl Section {
             "Lookup + evaluation, 10 → 10 000 routes (native)",
             &["scale_find_route_evaluate"],
         ));
+        let wasm = ["wasm_scale_named", "wasm_scale_unnamed"];
         rows.push(growth_row(
             "Whole request in filter.wasm, 10 → 10 000 routes (wasmtime; named and find_route)",
-            &["wasm_scale_named", "wasm_scale_unnamed"],
+            &wasm,
         ));
+        // The same without the host's floor: the filter's own work, the stricter figure.
+        let what =
+            "Filter's own work per request (whole request − no-op floor), 10 → 10 000 routes";
+        rows.push(match self.worst_by(&wasm, Section::net_growth) {
+            Some((r, at)) => (
+                what.to_owned(),
+                format!("{r:.2}× (worst: {at})"),
+                format!("< {GROWTH_GOAL}×"),
+                Some(r < GROWTH_GOAL),
+            ),
+            None => (what.to_owned(), not(), format!("< {GROWTH_GOAL}×"), None),
+        });
         rows.push(match self.median("scale_seed_evaluate/admin-allow") {
             Some(ns) => (
                 "Policy evaluation, seed config `admin` route (native)".to_owned(),
@@ -609,6 +656,12 @@ impl Section {
             &mut s,
             "In `filter.wasm` on wasmtime, one whole request incl. the host's own bookkeeping (`tests/wasm-host/benches/wasm_scale.rs`)",
             &WASM_GROUPS,
+        );
+        let _ = writeln!(
+            s,
+            "\nHost floor (the no-op module, same request, same host): {}.",
+            self.median(FLOOR_ID)
+                .map_or_else(|| "not measured".to_owned(), fmt_ns)
         );
         match (&self.memory, &self.memory_error) {
             (Some(m), _) => {
@@ -748,17 +801,37 @@ mod tests {
         let h = s.headline();
         assert_eq!(h[0].3, Some(true));
         assert!(h[0].1.starts_with("1.50×"), "{}", h[0].1);
-        assert_eq!(h[3].1, "40 ns");
-        assert_eq!(h[3].3, Some(true));
-        assert_eq!(h[4].1, "230.0 ms");
+        assert_eq!(h[3].1, "not measured", "no floor in this section");
+        assert_eq!(h[4].1, "40 ns");
+        assert_eq!(h[4].3, Some(true));
+        assert_eq!(h[5].1, "230.0 ms");
         assert_eq!(s.bytes_per_session(), Some(1000.0));
         assert_eq!(s.shared_bytes_per_session(), Some(900.0));
-        assert!(h[5].1.starts_with("1000 B"), "{}", h[5].1);
-        assert_eq!(h[6].1, "≈ 9.5 MiB");
+        assert!(h[6].1.starts_with("1000 B"), "{}", h[6].1);
+        assert_eq!(h[7].1, "≈ 9.5 MiB");
 
         let slow = section(2.5).headline();
         assert_eq!(slow[0].3, Some(false));
         assert_eq!(slow[2].3, Some(false));
+    }
+
+    #[test]
+    fn net_growth_subtracts_the_host_floor() {
+        let mut s = section(1.5);
+        // 100 ns → 150 ns with a 50 ns floor: the filter's share went 50 → 100 ns.
+        s.medians.insert(FLOOR_ID.into(), 50.0);
+        assert_eq!(s.net_growth("wasm_scale_named", "late"), Some(2.0));
+        let h = s.headline();
+        assert_eq!(h[2].3, Some(true));
+        assert_eq!(h[3].3, Some(false));
+        assert!(h[3].1.starts_with("2.00×"), "{}", h[3].1);
+        // A floor above a figure makes the subtraction meaningless.
+        s.medians.insert(FLOOR_ID.into(), 120.0);
+        assert_eq!(s.net_growth("wasm_scale_named", "late"), None);
+        assert!(
+            s.markdown()
+                .contains("Host floor (the no-op module, same request, same host): 120 ns.")
+        );
     }
 
     #[test]
@@ -771,8 +844,8 @@ mod tests {
         let h = s.headline();
         assert_eq!(h[2].3, None);
         assert_eq!(h[2].1, "not measured");
-        assert_eq!(h[3].3, None);
-        assert_eq!(h[5].1, "not measured");
+        assert_eq!(h[4].3, None);
+        assert_eq!(h[6].1, "not measured");
         let md = s.markdown();
         assert!(md.contains("not measured (no filter.wasm)"), "{md}");
         assert!(
