@@ -57,6 +57,9 @@ routes:
       allow:
         and:
           - claim/groups: admins
+  - from: https://public.example.com
+    to: http://127.0.0.1:9
+    allow_public_unauthenticated_access: true
 "#,
         shared = b64(SHARED),
         cookie = b64([12; 32]),
@@ -284,7 +287,8 @@ async fn echo_upstream() -> SocketAddr {
         for (k, v) in &headers {
             m.insert(
                 k.as_str().to_owned(),
-                Value::String(v.to_str().unwrap_or("").to_owned()),
+                // Lossy, so that a non-ASCII value still shows (and a leak is seen).
+                Value::String(String::from_utf8_lossy(v.as_bytes()).into_owned()),
             );
         }
         axum::Json(Value::Object(m))
@@ -299,8 +303,9 @@ async fn echo_upstream() -> SocketAddr {
     addr
 }
 
-/// The sidecar's ext_authz listener with users alice (admins) and bob.
-async fn ext_authz() -> (SocketAddr, Session, Session) {
+/// The sidecar's ext_authz listener with users alice (admins), bob, and eve (admins, an
+/// email no header can carry).
+async fn ext_authz() -> (SocketAddr, Session, Session, Session) {
     let config = policy_compiler::config::load_str("config.yaml", &config_text(), &|_| None)
         .unwrap()
         .config;
@@ -308,15 +313,28 @@ async fn ext_authz() -> (SocketAddr, Session, Session) {
     let idp = FakeIdp::new();
     idp.add_user("alice", "alice@example.com", &["admins"]);
     idp.add_user("bob", "bob@example.com", &[]);
+    idp.add_user("eve", "eve\u{1}@example.com", &["admins"]);
     let state = app(memory_store(), idp.clone(), settings);
     state.bundle.replace(Bundle::from_config(&config).unwrap());
     let alice = login(&state, &idp, "alice", Default::default()).await;
     let bob = login(&state, &idp, "bob", Default::default()).await;
+    let eve = login(&state, &idp, "eve", Default::default()).await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let app = sidecar::ext_authz::router(state);
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (addr, alice, bob)
+    (addr, alice, bob, eve)
+}
+
+/// One raw HTTP/1.1 exchange (the path exactly as written, as `curl --path-as-is`);
+/// the whole answer, or what came before the connection closed.
+async fn raw_http(addr: SocketAddr, request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(request).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn seal(session: &Session) -> String {
@@ -332,7 +350,7 @@ async fn run(mode: &str, filter: &str) {
         );
         return;
     }
-    let (authz, alice, bob) = ext_authz().await;
+    let (authz, alice, bob, eve) = ext_authz().await;
     let upstream = echo_upstream().await;
     let token = portcullis_common::api::api_token(&Secret::from_bytes(SHARED));
     let envoy = Envoy::start(&bootstrap(filter, authz, upstream, &token)).await;
@@ -423,6 +441,91 @@ async fn run(mode: &str, filter: &str) {
     // Unknown route.
     let r = get("nope.example.com", "/", vec![]).await.unwrap();
     assert_eq!(r.status(), 404, "{mode}");
+
+    // A cookie header that is not visible ASCII (UTF-8 here) still loses our cookie, and
+    // a spoofed claim header with such a value is still removed, public route included.
+    for host in ["public.example.com", "app.example.com"] {
+        let r = client
+            .get(format!("http://{}/", envoy.addr))
+            .header("host", host)
+            .header(
+                "cookie",
+                reqwest::header::HeaderValue::from_bytes(
+                    format!("{COOKIE}={}; lang=José", seal(&alice)).as_bytes(),
+                )
+                .unwrap(),
+            )
+            .header(
+                "x-pomerium-claim-foo",
+                reqwest::header::HeaderValue::from_bytes("José".as_bytes()).unwrap(),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{mode} {host}");
+        let seen: Value = r.json().await.unwrap();
+        assert_eq!(seen["cookie"], "lang=José", "{mode} {host}: {seen}");
+        assert!(
+            seen.get("x-pomerium-claim-foo").is_none(),
+            "{mode} {host}: {seen}"
+        );
+    }
+    // Not UTF-8 at all (Latin-1): never our cookie upstream.
+    let mut latin1 = format!("{COOKIE}={}; lang=Jos", seal(&alice)).into_bytes();
+    latin1.push(0xe9);
+    let r = client
+        .get(format!("http://{}/", envoy.addr))
+        .header("host", "public.example.com")
+        .header(
+            "cookie",
+            reqwest::header::HeaderValue::from_bytes(&latin1).unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    let body = r.text().await.unwrap();
+    eprintln!("{mode}: latin-1 cookie: {status} {body}");
+    assert!(!body.contains(COOKIE), "{mode}: {status} {body}");
+
+    // A claim value no header can carry: not set, and the client's header of that name
+    // removed all the same.
+    let r = get(
+        "app.example.com",
+        "/",
+        vec![
+            ("cookie", format!("{COOKIE}={}", seal(&eve))),
+            ("x-email", "ceo@example.com".into()),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200, "{mode}");
+    let seen: Value = r.json().await.unwrap();
+    assert!(seen.get("x-email").is_none(), "{mode}: {seen}");
+    assert_eq!(
+        jwt_payload(seen["x-pomerium-jwt-assertion"].as_str().unwrap())["sub"],
+        "eve"
+    );
+
+    // Dot segments after a sidecar prefix (Envoy here does not normalise paths): never
+    // exempt, refused.
+    for path in [
+        "/.pomerium/../secret",
+        "/.pomerium/%2e%2e/secret",
+        "/.well-known/pomerium/../secret",
+    ] {
+        let answer = raw_http(
+            envoy.addr,
+            format!("GET {path} HTTP/1.1\r\nHost: app.example.com\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await;
+        assert!(
+            answer.starts_with("HTTP/1.1 400 ") && answer.contains("non-normal-path"),
+            "{mode} {path}: {answer}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
