@@ -1,7 +1,9 @@
 //! The ext_authz listener behind real nginx (`auth_request`; `nginx` on `PATH` or
 //! `$PORTCULLIS_NGINX`), configured with the snippet docs/ext_authz.md shows: allow with the
 //! identity JWT and claim header, our cookie stripped, a spoofed JWT dropped, the sign-in
-//! redirect for browsers and 401 for API calls, denial.
+//! redirect for browsers and 401 for API calls, denial; a request is judged by the host
+//! nginx chose its `server` by (absolute-form request lines, unknown hosts) and by a path
+//! nginx and the upstream read alike (dot segments, escapes).
 
 #![allow(
     clippy::unwrap_used,
@@ -66,7 +68,7 @@ server {
         proxy_set_header Content-Length "";
         proxy_set_header X-Original-URI $request_uri;
         proxy_set_header X-Original-Method $request_method;
-        proxy_set_header X-Original-Host $http_host;
+        proxy_set_header X-Original-Host $host;
         proxy_set_header X-Forwarded-Proto $scheme;
         proxy_set_header X-Portcullis-Ext-Authz-Token "{token}";
     }
@@ -77,6 +79,13 @@ server {
         }
         return 302 $portcullis_sign_in;
     }
+}
+
+# Any other host: no answer (never judged as a host the client merely names).
+server {
+    listen 127.0.0.1:{listen} default_server;
+    server_name _;
+    return 444;
 }
 "#;
 
@@ -111,6 +120,9 @@ routes:
       allow:
         and:
           - claim/groups: admins
+  - from: https://public.example.com
+    to: http://127.0.0.1:9
+    allow_public_unauthenticated_access: true
 "#,
         shared = b64(SHARED),
         cookie = b64([12; 32]),
@@ -193,7 +205,7 @@ async fn echo_upstream() -> SocketAddr {
         for (k, v) in &headers {
             m.insert(
                 k.as_str().to_owned(),
-                Value::String(v.to_str().unwrap_or("").to_owned()),
+                Value::String(String::from_utf8_lossy(v.as_bytes()).into_owned()),
             );
         }
         axum::Json(Value::Object(m))
@@ -300,4 +312,53 @@ async fn nginx_auth_request() {
         .await
         .unwrap();
     assert_eq!(r.status(), 403);
+
+    // The host judged is the one nginx chose the server by: an absolute-form request line
+    // wins over `Host` (which would otherwise name the authenticate host, exempt).
+    let answer = raw_http(
+        nginx.addr,
+        "GET http://app.example.com/secret HTTP/1.1\r\nHost: auth.example.com\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(
+        answer.starts_with("HTTP/1.1 302 ")
+            && answer.contains("pomerium_redirect_uri=http%3A%2F%2Fapp.example.com%2Fsecret"),
+        "{answer}\n{}",
+        nginx.log()
+    );
+    // A host no server block names gets no answer, even one a route allows publicly.
+    for request in [
+        "GET / HTTP/1.1\r\nHost: public.example.com\r\nConnection: close\r\n\r\n",
+        "GET http://public.example.com/ HTTP/1.1\r\nHost: app.example.com\r\nConnection: close\r\n\r\n",
+    ] {
+        let answer = raw_http(nginx.addr, request).await;
+        assert_eq!(answer, "", "{request}");
+    }
+    // Dot segments and escapes nginx resolves before choosing a location: refused, never
+    // taken as the sidecar's paths (exempt) or judged as another route's path.
+    for path in [
+        "/.pomerium/../secret",
+        "/.pomerium/%2e%2e/secret",
+        "/.well-known/pomerium/../secret",
+        "/x/..//secret",
+        "/%73ecret",
+    ] {
+        let answer = raw_http(
+            nginx.addr,
+            format!("GET {path} HTTP/1.1\r\nHost: app.example.com\r\nConnection: close\r\n\r\n"),
+        )
+        .await;
+        assert!(answer.starts_with("HTTP/1.1 403 "), "{path}: {answer}");
+    }
+}
+
+/// One raw HTTP/1.1 exchange (request line exactly as written, as `curl --path-as-is`);
+/// the whole answer, or "" when the server closed without one.
+async fn raw_http(addr: SocketAddr, request: impl AsRef<[u8]>) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(request.as_ref()).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
 }

@@ -1,7 +1,14 @@
 //! nginx `auth_request`: nginx sends a subrequest carrying the client's headers plus the
 //! original request in headers its config sets (see docs/ext_authz.md):
 //! [`ORIGINAL_URI`] (`$request_uri`), [`ORIGINAL_METHOD`] (`$request_method`),
-//! [`ORIGINAL_HOST`] (`$http_host`), `x-forwarded-proto` (`$scheme`), and the caller token.
+//! [`ORIGINAL_HOST`] (`$host`: the host nginx chose the `server` by — the request line's
+//! in absolute form, else `Host`; never `$http_host`, which the client picks freely),
+//! `x-forwarded-proto` (`$scheme`), and the caller token.
+//!
+//! nginx chooses the location on the decoded, normalised `$uri` and passes the raw
+//! `$request_uri` upstream, so a path not already in normal form (dot segments, `//`, any
+//! escape of `.`, `/`, `\` or of an unreserved character) is refused (403
+//! `non-normal-path`): no path is judged as one thing and served as another.
 //!
 //! nginx only understands 2xx (allow), 401 and 403 from an auth subrequest (anything else
 //! becomes a 500 to the client), and takes nothing from our body. So:
@@ -24,7 +31,7 @@ use std::sync::Arc;
 pub const ORIGINAL_URI: &str = "x-original-uri";
 /// The original method, `$request_method`.
 pub const ORIGINAL_METHOD: &str = "x-original-method";
-/// The original `Host` (with port if the client sent one), `$http_host`.
+/// The original host, `$host` (lower-case, without port).
 pub const ORIGINAL_HOST: &str = "x-original-host";
 /// Allowed: the `Cookie` header the upstream must receive (empty = drop it).
 pub const UPSTREAM_COOKIE: &str = "x-portcullis-cookie";
