@@ -1406,3 +1406,24 @@ async fn grpc_cookie_with_comma_is_forwarded_unchanged() {
     };
     assert_eq!(header_of(&ok.headers, "cookie"), Some("x=1; prefs=a,b"));
 }
+
+#[tokio::test]
+async fn envoy_http_cookie_headers_joined_with_commas_lose_ours() {
+    // Envoy's HTTP-service check carries repeated Cookie headers joined with `,`.
+    let f = fixture().await;
+    let alice = login(&f.state, &f.idp, "alice", Default::default()).await;
+    for host in ["public.example.com", "app.example.com"] {
+        let a = get(
+            &f.router,
+            host,
+            "/",
+            &[(
+                "cookie",
+                &format!("x=1,{COOKIE}={},prefs=a,b", seal(&alice)),
+            )],
+        )
+        .await;
+        assert_eq!(a.status, StatusCode::OK, "{host}");
+        assert_eq!(a.header("cookie"), Some("x=1; prefs=a,b"), "{host}");
+    }
+}

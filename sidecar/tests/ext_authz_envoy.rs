@@ -470,6 +470,33 @@ async fn run(mode: &str, filter: &str) {
             "{mode} {host}: {seen}"
         );
     }
+    // Several Cookie headers (HTTP/1.1; HTTP/2 crumbs alike): ours goes, the others stay
+    // exactly as sent (`prefs=a,b` is one cookie).
+    let r = client
+        .get(format!("http://{}/", envoy.addr))
+        .header("host", "app.example.com")
+        .header("cookie", "x=1")
+        .header("cookie", format!("{COOKIE}={}", seal(&alice)))
+        .header("cookie", "prefs=a,b")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{mode}: {}", envoy.log());
+    let seen: Value = r.json().await.unwrap();
+    assert_eq!(seen["cookie"], "x=1; prefs=a,b", "{mode}: {seen}");
+    // The same on a public route (no session read): ours still never goes upstream.
+    let r = client
+        .get(format!("http://{}/", envoy.addr))
+        .header("host", "public.example.com")
+        .header("cookie", "x=1")
+        .header("cookie", format!("{COOKIE}={}", seal(&alice)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{mode}");
+    let seen: Value = r.json().await.unwrap();
+    assert_eq!(seen["cookie"], "x=1", "{mode}: {seen}");
+
     // Not UTF-8 at all (Latin-1): never our cookie upstream.
     let mut latin1 = format!("{COOKIE}={}; lang=Jos", seal(&alice)).into_bytes();
     latin1.push(0xe9);

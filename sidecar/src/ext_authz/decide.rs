@@ -638,35 +638,37 @@ pub(super) fn path_is_normal(path: &str, strict: bool) -> bool {
     true
 }
 
-/// [`cookie::strip_cookie`] where `,` separates pairs too: removes only our pairs, and
-/// leaves every other `;`-separated piece exactly as it was (`prefs=a,b` stays).
+/// [`cookie::strip_cookie`] for a header in which `,` may separate cookies too: Envoy
+/// joins repeated `Cookie` headers with `,` in its check requests (HTTP service and gRPC,
+/// seen with Envoy 1.40). A comma-separated part with a `=` starts a cookie, one without
+/// belongs to the value before it (`prefs=a,b` is one cookie). Ours are removed, the
+/// others kept as written and joined with `; `.
 fn strip_cookie_commas(header: &str, name: &str) -> Option<String> {
     let is_ours = |pair: &str| pair.split_once('=').map_or(pair, |(k, _)| k).trim() == name;
-    let mut out = String::with_capacity(header.len());
+    let mut cookies: Vec<String> = Vec::new();
     for piece in header.split(';') {
-        let piece = piece.trim();
-        if piece.is_empty() {
-            continue;
-        }
-        let kept: Cow<'_, str> = if piece.split(',').any(is_ours) {
-            let rest: Vec<&str> = piece
-                .split(',')
-                .filter(|p| !is_ours(p) && !p.trim().is_empty())
-                .map(str::trim)
-                .collect();
-            if rest.is_empty() {
-                continue;
+        // The cookie the next `=`-less part belongs to; `ours` when it is ours (dropped).
+        let mut current: Option<usize> = None;
+        let mut ours = false;
+        for (i, part) in piece.split(',').enumerate() {
+            let p = part.trim();
+            if i == 0 || p.contains('=') {
+                current = None;
+                ours = !p.is_empty() && is_ours(p);
+                if !p.is_empty() && !ours {
+                    cookies.push(p.to_owned());
+                    current = Some(cookies.len() - 1);
+                }
+            } else if let Some(c) = current.and_then(|c| cookies.get_mut(c)) {
+                c.push(',');
+                c.push_str(part.trim_end());
+            } else if !ours && !p.is_empty() {
+                cookies.push(p.to_owned());
+                current = Some(cookies.len() - 1);
             }
-            Cow::Owned(rest.join(","))
-        } else {
-            Cow::Borrowed(piece)
-        };
-        if !out.is_empty() {
-            out.push_str("; ");
         }
-        out.push_str(&kept);
     }
-    (!out.is_empty()).then_some(out)
+    (!cookies.is_empty()).then(|| cookies.join("; "))
 }
 
 /// The evaluator's subject for a policy view (as the filter builds it).
@@ -774,6 +776,14 @@ mod tests {
             Some("z=9; a=1")
         );
         assert_eq!(strip_cookie_commas("_p=x, _p=y", "_p"), None);
+        assert_eq!(
+            strip_cookie_commas("x=1,_p=X,prefs=a,b", "_p").as_deref(),
+            Some("x=1; prefs=a,b")
+        );
+        assert_eq!(
+            strip_cookie_commas("a=1, b; _p=X,c", "_p").as_deref(),
+            Some("a=1, b")
+        );
         assert!(!header_value_ok("a\u{1}b"));
         assert!(!header_value_ok("a\r\nb"));
         assert!(!header_value_ok("a\u{7f}"));

@@ -58,7 +58,8 @@ pub(super) async fn check(
         quirks: Quirks {
             strict_path: false,
             cookie_undecodable,
-            cookie_commas: false,
+            // Envoy joins repeated `Cookie` headers with `,` in the check request.
+            cookie_commas: true,
         },
     };
     let outcome = if !authz.caller_ok(&parts.headers) {
