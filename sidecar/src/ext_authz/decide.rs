@@ -113,7 +113,7 @@ pub enum Outcome {
         /// Headers to remove from the upstream request (never one of `set`).
         remove: Vec<String>,
     },
-    /// Refuse with `status` (403, 404 or 503) and a reason code.
+    /// Refuse with `status` (400, 403, 404 or 503) and a reason code.
     Refuse {
         /// HTTP status.
         status: u16,
