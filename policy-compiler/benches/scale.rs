@@ -13,9 +13,12 @@
 //! Probes: `early` = the first host's `/admin` route, `late` = the last host's, `missing` = a
 //! host (and a route name) no route has.
 //!
+//! After criterion, the lookups again in interleaved rounds (per-round growth ratios), written
+//! to `target/scale/native_interleaved.json` for the report.
+//!
 //! `cargo bench -p policy-compiler --bench scale -- --warm-up-time 1 --measurement-time 3`
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 use std::hint::black_box;
 use std::time::Duration;
@@ -104,6 +107,101 @@ fn lookups(c: &mut Criterion) {
         }
     }
     g.finish();
+
+    let args: Vec<String> = std::env::args().collect();
+    if !args.iter().any(|a| a == "--test" || a == "--list") {
+        interleaved(&engines, &alice);
+    }
+}
+
+/// Interleaved rounds, and calls timed per route count per round.
+const ROUNDS: usize = 21;
+const CALLS: usize = 20_000;
+
+fn median(xs: &mut [f64]) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    let n = xs.len();
+    if n % 2 == 1 {
+        xs[n / 2]
+    } else {
+        (xs[n / 2 - 1] + xs[n / 2]) / 2.0
+    }
+}
+
+/// The lookups again, in interleaved rounds: each round times every route count back to
+/// back (order rotated each round), and the growth ratio is taken per round. On a shared
+/// machine a burst of load then spoils one round, not one route count. Written to
+/// `target/scale/native_interleaved.json` (the format of the wasm bench's file) for the
+/// report.
+fn interleaved(engines: &[(usize, Engine, [Probe; 3])], alice: &Subject) {
+    type Op = fn(&Engine, &Probe, &Request<'_>, &Subject) -> bool;
+    let ops: [(&str, Op); 3] = [
+        ("route_by_id", |e, p, _, _| {
+            black_box(e.route_by_id(black_box(&p.route_id))).is_some()
+        }),
+        ("find_route", |e, p, _, _| {
+            black_box(e.find_route(black_box(&p.authority), black_box(&p.path))).is_some()
+        }),
+        ("find_route_evaluate", |e, p, req, who| {
+            e.find_route(black_box(&p.authority), black_box(&p.path))
+                .map(|r| black_box(e.evaluate(r, black_box(req), Some(who))))
+                .is_some()
+        }),
+    ];
+    let mut rows = Vec::new();
+    for (mode, op) in ops {
+        for pi in 0..3 {
+            let mut times = vec![[0.0f64; 3]; ROUNDS];
+            for (round, t) in times.iter_mut().enumerate() {
+                for k in 0..engines.len() {
+                    let slot = (k + round) % engines.len();
+                    let (_, e, probes) = &engines[slot];
+                    let p = &probes[pi];
+                    let req = Request::new("GET", &p.path, NOW);
+                    let start = std::time::Instant::now();
+                    for _ in 0..CALLS {
+                        black_box(op(e, p, &req, alice));
+                    }
+                    t[slot] = start.elapsed().as_nanos() as f64 / CALLS as f64;
+                }
+            }
+            let per: Vec<serde_json::Value> = (0..engines.len())
+                .map(|i| {
+                    let mut col: Vec<f64> = times.iter().map(|t| t[i]).collect();
+                    serde_json::json!([engines[i].0, median(&mut col)])
+                })
+                .collect();
+            let mut ratios: Vec<f64> = times.iter().map(|t| t[2] / t[0]).collect();
+            let m = median(&mut ratios);
+            println!(
+                "scale interleaved {mode}/{}: ×{m:.2} ({:.2}–{:.2}) 10→10 000 routes",
+                engines[0].2[pi].name,
+                ratios[0],
+                ratios[ROUNDS - 1]
+            );
+            rows.push(serde_json::json!({
+                "mode": mode,
+                "probe": engines[0].2[pi].name,
+                "per_request_ns": per,
+                "ratio": [m, ratios[0], ratios[ROUNDS - 1]],
+                "net_ratio": null,
+            }));
+        }
+    }
+    let doc = serde_json::json!({
+        "rounds": ROUNDS,
+        "requests": CALLS,
+        "floor_ns": null,
+        "rows": rows,
+    });
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
+        || std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"),
+        std::path::PathBuf::from,
+    );
+    let out = target.join("scale/native_interleaved.json");
+    std::fs::create_dir_all(out.parent().unwrap()).unwrap();
+    std::fs::write(&out, doc.to_string()).unwrap();
+    println!("wrote {}", out.display());
 }
 
 fn compile_time(c: &mut Criterion) {

@@ -462,6 +462,9 @@ impl Interleaved {
 
 /// Where the `wasm_scale` bench writes its interleaved measurement under the target dir.
 pub const INTERLEAVED_FILE: &str = "scale/wasm_interleaved.json";
+/// Where the native `scale` bench (`policy-compiler/benches/scale.rs`) writes its own, in
+/// the same format (modes `route_by_id`, `find_route`, `find_route_evaluate`; no floor).
+pub const NATIVE_INTERLEAVED_FILE: &str = "scale/native_interleaved.json";
 
 // ---- memory --------------------------------------------------------------------------
 
@@ -666,6 +669,8 @@ pub struct Section {
     pub memory_error: Option<String>,
     /// The wasm bench's interleaved growth measurement, if it ran.
     pub interleaved: Option<Interleaved>,
+    /// The native bench's interleaved growth measurement, if it ran.
+    pub native_interleaved: Option<Interleaved>,
 }
 
 /// A duration in ns, human-scaled.
@@ -763,66 +768,63 @@ impl Section {
     pub fn headline(&self) -> Vec<(String, String, String, Option<bool>)> {
         let mut rows = Vec::new();
         let not = || "not measured".to_owned();
-        let growth_row = |what: &str, groups: &[&str]| match self.worst_growth(groups) {
-            Some((r, at)) => (
-                what.to_owned(),
-                format!("{r:.2}× (worst: {at})"),
-                format!("< {GROWTH_GOAL}×"),
-                Some(r < GROWTH_GOAL),
-            ),
-            None => (what.to_owned(), not(), format!("< {GROWTH_GOAL}×"), None),
-        };
-        rows.push(growth_row(
-            "Route lookup, 10 → 10 000 routes (native; route_by_id and find_route, early/late/missing)",
-            &["scale_route_by_id", "scale_find_route"],
-        ));
-        rows.push(growth_row(
-            "Lookup + evaluation, 10 → 10 000 routes (native)",
-            &["scale_find_route_evaluate"],
-        ));
-        let wasm = ["wasm_scale_named", "wasm_scale_unnamed"];
-        // In the VM, prefer the interleaved rounds (ratios per round, robust to load bursts
-        // from other processes) over ratios of criterion medians taken minutes apart.
-        let worst = |f: &dyn Fn(&GrowthRow) -> Option<f64>| -> Option<(f64, String)> {
-            let i = self.interleaved.as_ref()?;
+        // Prefer interleaved rounds (ratios per round, robust to load bursts from other
+        // processes) over ratios of criterion medians measured minutes apart.
+        let worst_in = |i: Option<&Interleaved>,
+                        modes: &[&str],
+                        f: &dyn Fn(&GrowthRow) -> Option<f64>|
+         -> Option<(f64, String)> {
             let mut w: Option<(f64, String)> = None;
-            for r in &i.rows {
+            let mut any = false;
+            for r in i?.rows.iter().filter(|r| modes.contains(&r.mode.as_str())) {
+                any = true;
                 let x = f(r)?;
                 if w.as_ref().is_none_or(|(y, _)| x > *y) {
                     w = Some((x, format!("{}/{}", r.mode, r.probe)));
                 }
             }
-            w
+            w.filter(|_| any)
         };
-        let row = |what: &str, w: Option<(f64, String)>, how: &str| match w {
-            Some((r, at)) => (
-                what.to_owned(),
-                format!("{r:.2}× (worst: {at}; {how})"),
-                format!("< {GROWTH_GOAL}×"),
-                Some(r < GROWTH_GOAL),
-            ),
-            None => (what.to_owned(), not(), format!("< {GROWTH_GOAL}×"), None),
+        let pick = |what: &str, inter: Option<(f64, String)>, crit: Option<(f64, String)>| {
+            let (w, how) = match inter {
+                Some(w) => (Some(w), "median of per-round ratios"),
+                None => (crit, "ratio of criterion medians"),
+            };
+            match w {
+                Some((r, at)) => (
+                    what.to_owned(),
+                    format!("{r:.2}× (worst: {at}; {how})"),
+                    format!("< {GROWTH_GOAL}×"),
+                    Some(r < GROWTH_GOAL),
+                ),
+                None => (what.to_owned(), not(), format!("< {GROWTH_GOAL}×"), None),
+            }
         };
-        let whole =
-            "Whole request in filter.wasm, 10 → 10 000 routes (wasmtime; named and find_route)";
-        rows.push(match worst(&|r| Some(r.ratio.0)) {
-            Some(w) => row(whole, Some(w), "median of per-round ratios"),
-            None => row(
-                whole,
-                self.worst_growth(&wasm),
-                "ratio of criterion medians",
-            ),
-        });
+        let ratio = |r: &GrowthRow| Some(r.ratio.0);
+        let native = self.native_interleaved.as_ref();
+        rows.push(pick(
+            "Route lookup, 10 → 10 000 routes (native; route_by_id and find_route, early/late/missing)",
+            worst_in(native, &["route_by_id", "find_route"], &ratio),
+            self.worst_growth(&["scale_route_by_id", "scale_find_route"]),
+        ));
+        rows.push(pick(
+            "Lookup + evaluation, 10 → 10 000 routes (native)",
+            worst_in(native, &["find_route_evaluate"], &ratio),
+            self.worst_growth(&["scale_find_route_evaluate"]),
+        ));
+        let wasm = ["wasm_scale_named", "wasm_scale_unnamed"];
+        let vm = self.interleaved.as_ref();
+        rows.push(pick(
+            "Whole request in filter.wasm, 10 → 10 000 routes (wasmtime; named and find_route)",
+            worst_in(vm, &["named", "unnamed"], &ratio),
+            self.worst_growth(&wasm),
+        ));
         // The same without the host's floor: the filter's own work, the stricter figure.
-        let own = "Filter's own work per request (whole request − no-op floor), 10 → 10 000 routes";
-        rows.push(match worst(&|r| r.net_ratio) {
-            Some(w) => row(own, Some(w), "median of per-round ratios"),
-            None => row(
-                own,
-                self.worst_by(&wasm, Section::net_growth),
-                "ratio of criterion medians",
-            ),
-        });
+        rows.push(pick(
+            "Filter's own work per request (whole request − no-op floor), 10 → 10 000 routes",
+            worst_in(vm, &["named", "unnamed"], &|r: &GrowthRow| r.net_ratio),
+            self.worst_by(&wasm, Section::net_growth),
+        ));
         rows.push(match self.median("scale_seed_evaluate/admin-allow") {
             Some(ns) => (
                 "Policy evaluation, seed config `admin` route (native)".to_owned(),
@@ -912,13 +914,16 @@ impl Section {
             self.median(FLOOR_ID)
                 .map_or_else(|| "not measured".to_owned(), fmt_ns)
         );
-        if let Some(i) = &self.interleaved {
+        let inter = |s: &mut String, title: &str, i: &Interleaved| {
             let _ = writeln!(
                 s,
-                "\nIn `filter.wasm`, interleaved: {} rounds × {} requests per route count, order rotated each round; no-op floor {} per request\n\n| mode | probe | 10 routes | 1 000 | 10 000 | × 10→10 000 per round: median (min–max) | × net of floor |\n|---|---|---:|---:|---:|---:|---:|",
+                "\n{title}, interleaved: {} rounds × {} per route count, order rotated each round{}\n\n| mode | probe | 10 routes | 1 000 | 10 000 | × 10→10 000 per round: median (min–max) | × net of floor |\n|---|---|---:|---:|---:|---:|---:|",
                 i.rounds,
                 i.requests,
-                i.floor_ns.map_or_else(|| "not measured".to_owned(), fmt_ns)
+                i.floor_ns.map_or_else(String::new, |f| format!(
+                    "; no-op floor {} per request",
+                    fmt_ns(f)
+                ))
             );
             for r in &i.rows {
                 let cells: Vec<String> = r.per_request_ns.iter().map(|(_, t)| fmt_ns(*t)).collect();
@@ -935,6 +940,12 @@ impl Section {
                         .map_or_else(|| "—".to_owned(), |x| format!("{x:.2}×"))
                 );
             }
+        };
+        if let Some(i) = &self.native_interleaved {
+            inter(&mut s, "Native", i);
+        }
+        if let Some(i) = &self.interleaved {
+            inter(&mut s, "In `filter.wasm` (whole request)", i);
         }
         match (&self.memory, &self.memory_error) {
             (Some(m), _) => {
@@ -989,15 +1000,22 @@ pub fn collect(target_dir: &Path) -> Result<Section> {
         Ok(m) => (Some(m), None),
         Err(e) => (None, Some(format!("{e:#}"))),
     };
-    let interleaved = match std::fs::read_to_string(target_dir.join(INTERLEAVED_FILE)) {
-        Ok(text) => Some(Interleaved::from_json(&text).with_context(|| INTERLEAVED_FILE)?),
-        Err(_) => None,
+    let read = |file: &str| -> Result<Option<Interleaved>> {
+        match std::fs::read_to_string(target_dir.join(file)) {
+            Ok(text) => Ok(Some(
+                Interleaved::from_json(&text).with_context(|| file.to_owned())?,
+            )),
+            Err(_) => Ok(None),
+        }
     };
+    let interleaved = read(INTERLEAVED_FILE)?;
+    let native_interleaved = read(NATIVE_INTERLEAVED_FILE)?;
     Ok(Section {
         medians,
         memory,
         memory_error,
         interleaved,
+        native_interleaved,
     })
 }
 
@@ -1071,6 +1089,7 @@ mod tests {
             }),
             memory_error: None,
             interleaved: None,
+            native_interleaved: None,
         }
     }
 
@@ -1178,6 +1197,36 @@ mod tests {
                 "| unnamed | missing | 5.00 µs | 5.10 µs | 6.25 µs | 1.25× (1.19–1.50) | 2.50× |"
             ),
             "{md}"
+        );
+    }
+
+    #[test]
+    fn native_interleaved_drives_the_native_headline() {
+        let mut s = section(3.0);
+        let mut i = interleaved();
+        i.floor_ns = None;
+        i.rows[0].mode = "route_by_id".into();
+        i.rows[1].mode = "find_route_evaluate".into();
+        s.native_interleaved = Some(i);
+        let h = s.headline();
+        assert!(
+            h[0].1
+                .starts_with("1.12× (worst: route_by_id/early; median"),
+            "{}",
+            h[0].1
+        );
+        assert_eq!(h[0].3, Some(true));
+        assert!(
+            h[1].1
+                .starts_with("1.25× (worst: find_route_evaluate/missing"),
+            "{}",
+            h[1].1
+        );
+        // The wasm rows still come from criterion (3×: not met).
+        assert_eq!(h[2].3, Some(false));
+        assert!(
+            s.markdown()
+                .contains("Native, interleaved: 21 rounds × 1000 per route count")
         );
     }
 
