@@ -13,6 +13,9 @@ pub mod reason {
     pub const SIDECAR_UNAVAILABLE: &str = "sidecar-unavailable";
     /// No policy bundle loaded yet.
     pub const POLICY_NOT_LOADED: &str = "policy-not-loaded";
+    /// The path is not in normal form (dot segments, `//`, an escaped `.`, `/` or backslash): what
+    /// the policy would judge could differ from what the upstream serves.
+    pub const NON_NORMAL_PATH: &str = "non-normal-path";
 }
 
 /// Whether a request is a browser navigation (gets a redirect rather than a 401).
@@ -45,7 +48,7 @@ fn safe_request_id(id: Option<&str>) -> &str {
 
 const NO_STORE: (&str, &str) = ("cache-control", "no-store");
 
-/// Answer a refusal (`status` 403, 404 or 503) with a small page naming the request id and
+/// Answer a refusal (`status` 400, 403, 404 or 503) with a small page naming the request id and
 /// the reason code.
 pub fn refuse(
     host: &mut dyn Host,
@@ -56,6 +59,7 @@ pub fn refuse(
 ) {
     let rid = safe_request_id(request_id);
     let title = match status {
+        400 => "bad request",
         403 => "access denied",
         404 => "not found",
         _ => "service unavailable",

@@ -272,6 +272,21 @@ impl<P: Policy> Worker<P> {
             decision::refuse(host, 404, reason::INTERNAL_PATH, req.request_id, req.accept);
             return Flow::Responded;
         }
+        // Envoy normalises paths before routing when configured as envoy-config does
+        // (`normalize_path`, `merge_slashes`, escaped slashes redirected), so this only
+        // refuses on hand-written configs without it: there `/.pomerium/../app` would pass
+        // as a sidecar path, or `/public/../admin` be judged as the public route, while the
+        // upstream serves `/app` or `/admin`. The sidecar's ext_authz refuses the same paths.
+        if !policy_compiler::eval::path::is_normal(req.path, false) {
+            decision::refuse(
+                host,
+                400,
+                reason::NON_NORMAL_PATH,
+                req.request_id,
+                req.accept,
+            );
+            return Flow::Responded;
+        }
         // The sidecar's own endpoints (login callback, sign-out, JWKS, user info) pass,
         // untouched but for the stripped headers. With Envoy's route name (envoy-config
         // names every sidecar route so) that decides; without one (hand-written or Istio

@@ -614,6 +614,36 @@ fn a_planted_cookie_cannot_shadow_the_real_one() {
 }
 
 #[test]
+fn non_normal_paths_are_refused_before_any_exemption() {
+    // Without a route name `/.pomerium/…` passes untouched: a dot segment must not turn a
+    // protected path into one (the upstream would resolve it to `/secret`).
+    for (i, p) in [
+        "/.pomerium/../secret",
+        "/.well-known/pomerium/../secret",
+        "/.pomerium/%2e%2e/secret",
+        "/public//../admin",
+        "/a%2Fb",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut w = worker("");
+        let mut h = fake_host();
+        let mut r = request("app.example.com", &[]);
+        r[1].1 = p.into();
+        let id = u32::try_from(i).unwrap() + 1;
+        assert_eq!(run(&mut w, &mut h, id, r), Flow::Responded, "{p}");
+        assert_eq!(h.responses[0].1, 400, "{p}");
+    }
+    // Normal paths with odd-looking queries are untouched by the check.
+    let mut w = worker("");
+    let mut h = fake_host();
+    let mut r = request("app.example.com", &[]);
+    r[1].1 = "/.pomerium/callback?x=/../..//%2e".into();
+    assert_eq!(run(&mut w, &mut h, 1, r), Flow::Continue);
+}
+
+#[test]
 fn internal_api_is_not_reachable_and_sidecar_paths_pass() {
     let mut w = worker("");
     let mut h = fake_host();

@@ -11,6 +11,49 @@ pub fn strip_query(path: &str) -> &str {
     path.get(..end).unwrap_or(path)
 }
 
+/// Whether the path (query aside) is in the normal form every proxy and upstream reads the
+/// same way, so that what the policy judged is what the upstream serves (the filter and
+/// the sidecar's ext_authz refuse other paths): starts with `/`; no empty segment but a trailing one (`//`); no `.` or `..`
+/// segment (also `..;x`, which servlet containers read as `..`); no `\` or `#`; no
+/// escape of `.`, `/` or `\` (`%2e`, `%2f`, `%5c`); no malformed escape; with `strict`, no
+/// escape of any unreserved character either (`%61` for `a`).
+pub fn is_normal(path: &str, strict: bool) -> bool {
+    let p = strip_query(path);
+    if !p.starts_with('/') || p.bytes().any(|b| b == b'\\' || b == b'#') {
+        return false;
+    }
+    let mut segs = p.split('/').skip(1).peekable();
+    while let Some(seg) = segs.next() {
+        if seg.is_empty() && segs.peek().is_some() {
+            return false;
+        }
+        let core = seg.split(';').next().unwrap_or(seg);
+        if core == "." || core == ".." {
+            return false;
+        }
+    }
+    let bytes = p.as_bytes();
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        if b == b'%' {
+            let hex = |j: usize| bytes.get(j).and_then(|c| char::from(*c).to_digit(16));
+            let (Some(hi), Some(lo)) = (hex(i + 1), hex(i + 2)) else {
+                return false;
+            };
+            let c = u8::try_from(hi * 16 + lo).unwrap_or(0);
+            if matches!(c, b'.' | b'/' | b'\\')
+                || (strict && (c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'~')))
+            {
+                return false;
+            }
+            i += 3;
+        } else {
+            i += 1;
+        }
+    }
+    true
+}
+
 fn needs_normalise(p: &str) -> bool {
     if !p.starts_with('/') || p.contains("//") {
         return true;
@@ -136,5 +179,29 @@ mod tests {
     fn policy_path_composes() {
         assert_eq!(policy_path("/a//%61dmin/../b?q=%20"), "/a/b");
         assert_eq!(policy_path("/%61dmin?x"), "/admin");
+    }
+
+    #[test]
+    fn normal_paths() {
+        for p in [
+            "/",
+            "/a",
+            "/a/b/",
+            "/a.b/..c/.d",
+            "/%20/%C3%A9",
+            "/a?x=/../..//%2e",
+            "/a;x",
+        ] {
+            assert!(is_normal(p, true), "{p}");
+        }
+        for p in [
+            "", "a", "//", "/a//b", "/.", "/./a", "/a/..", "/..;/a", "/a/.;x/b", "/%2e/", "/a%2Fb",
+            "/a%5cb", "/a\\b", "/a#/../b", "/%zz", "/%4",
+        ] {
+            assert!(!is_normal(p, false), "{p}");
+        }
+        assert!(is_normal("/%7Euser/%41", false));
+        assert!(!is_normal("/%7Euser", true));
+        assert!(!is_normal("/%41", true));
     }
 }
