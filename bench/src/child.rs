@@ -10,6 +10,10 @@
 //! loopback port and `sidecar::ext_authz::router` (Envoy `ext_authz`, HTTP and gRPC) on
 //! another.
 //!
+//! `--tcp-nodelay` sets `TCP_NODELAY` on accepted connections (the harness passes it unless
+//! `BENCH_SIDECAR_NODELAY=0`): without it, an HTTP/2 (gRPC) answer written in several
+//! small frames waits for the peer's delayed ACK (Nagle), ~40 ms per ext_authz check.
+//!
 //! Not running: the identity manager, the expiry sweep and the bundle watcher. The IdP is
 //! not on any measured path, and with the demo config's 15 s user-info interval the
 //! identity manager would refresh 100 000 sessions in the background while we measure.
@@ -80,12 +84,14 @@ struct ChildOpts {
     config: PathBuf,
     sessions: usize,
     cookies: PathBuf,
+    tcp_nodelay: bool,
 }
 
 fn parse_opts(args: &[String]) -> Result<ChildOpts> {
     let mut config = None;
     let mut sessions = 0;
     let mut cookies = None;
+    let mut tcp_nodelay = false;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut value = || it.next().ok_or_else(|| anyhow!("{a} needs a value"));
@@ -93,6 +99,7 @@ fn parse_opts(args: &[String]) -> Result<ChildOpts> {
             "--config" => config = Some(PathBuf::from(value()?)),
             "--sessions" => sessions = value()?.parse().context("--sessions")?,
             "--cookies" => cookies = Some(PathBuf::from(value()?)),
+            "--tcp-nodelay" => tcp_nodelay = true,
             other => bail!("sidecar-child: unknown argument {other:?}"),
         }
     }
@@ -100,6 +107,7 @@ fn parse_opts(args: &[String]) -> Result<ChildOpts> {
         config: config.ok_or_else(|| anyhow!("--config missing"))?,
         sessions,
         cookies: cookies.ok_or_else(|| anyhow!("--cookies missing"))?,
+        tcp_nodelay,
     })
 }
 
@@ -241,6 +249,22 @@ async fn seed(state: &AppState, n: usize, out: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The listener, with `TCP_NODELAY` on every accepted connection when `on`.
+fn nodelay(
+    listener: tokio::net::TcpListener,
+    on: bool,
+) -> axum::serve::TapIo<
+    tokio::net::TcpListener,
+    impl FnMut(&mut tokio::net::TcpStream) + Send + 'static,
+> {
+    use axum::serve::ListenerExt as _;
+    listener.tap_io(move |tcp| {
+        if on && let Err(e) = tcp.set_nodelay(true) {
+            eprintln!("sidecar-child: TCP_NODELAY: {e}");
+        }
+    })
+}
+
 async fn serve(opts: ChildOpts) -> Result<()> {
     let text = std::fs::read_to_string(&opts.config)
         .with_context(|| format!("reading {}", opts.config.display()))?;
@@ -253,6 +277,7 @@ async fn serve(opts: ChildOpts) -> Result<()> {
 
     let api = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let api_addr = api.local_addr()?;
+    let api = nodelay(api, opts.tcp_nodelay);
     let app = sidecar::router(state.clone());
     tokio::spawn(async move {
         if let Err(e) = axum::serve(api, app).await {
@@ -262,6 +287,7 @@ async fn serve(opts: ChildOpts) -> Result<()> {
     // The external-authorization listener (scenario 3): same state, same session store.
     let authz = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let authz_addr = authz.local_addr()?;
+    let authz = nodelay(authz, opts.tcp_nodelay);
     let authz_app = sidecar::ext_authz::router(state.clone());
     tokio::spawn(async move {
         if let Err(e) = axum::serve(authz, authz_app).await {
@@ -371,7 +397,14 @@ fn num(line: &str, key: &str) -> Result<u64> {
 
 impl SeededSidecar {
     /// Start the child with `config` (YAML text) and `sessions` sessions; files go to `dir`.
-    pub fn start(config: &str, sessions: usize, dir: &Path, tag: &str) -> Result<SeededSidecar> {
+    /// `tcp_nodelay`: set `TCP_NODELAY` on the connections its listeners accept.
+    pub fn start(
+        config: &str,
+        sessions: usize,
+        dir: &Path,
+        tag: &str,
+        tcp_nodelay: bool,
+    ) -> Result<SeededSidecar> {
         let config_path = dir.join(format!("{tag}-config.yaml"));
         let cookies_path = dir.join(format!("{tag}-cookies.txt"));
         std::fs::write(&config_path, config)?;
@@ -382,6 +415,7 @@ impl SeededSidecar {
             .args(["--sessions", &sessions.to_string()])
             .arg("--cookies")
             .arg(&cookies_path)
+            .args(tcp_nodelay.then_some("--tcp-nodelay"))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
