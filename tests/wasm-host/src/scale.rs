@@ -1231,6 +1231,16 @@ mod tests {
     }
 
     #[test]
+    fn cache_bounds_match_the_filters_defaults() {
+        // The filter is a wasm-only crate this host cannot link: compare with its source.
+        let cfg = include_str!("../../../filter/src/config.rs");
+        assert!(cfg.contains("pub const DEFAULT_SESSION_CACHE_SIZE: usize = 10_000;"));
+        assert_eq!(FILTER_SESSION_CACHE_SIZE, 10_000);
+        assert!(cfg.contains("pub const DEFAULT_NEGATIVE_CACHE_SIZE: usize = 4_096;"));
+        assert_eq!(FILTER_NEGATIVE_CACHE_SIZE, 4_096);
+    }
+
+    #[test]
     fn median_of_odd_and_even() {
         assert_eq!(median(&mut [3.0, 1.0, 2.0]), 2.0);
         assert_eq!(median(&mut [4.0, 1.0, 2.0, 3.0]), 2.5);
