@@ -427,6 +427,71 @@ fn start_envoy(
     Envoy::start_bootstrap(&yaml, workers)
 }
 
+/// Scenario 6 through `filters` (an Envoy with 2 workers in front of `sidecar`): one
+/// settling trial, then `trials` sign-outs and `trials` group removals, on sessions
+/// `*next…` of the sidecar.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one call site per databroker; all distinct"
+)]
+fn revocations_through(
+    via: &'static str,
+    filters: &Filters<'_>,
+    cfg: &BenchConfig,
+    sidecar: &mut SeededSidecar,
+    next: &mut usize,
+    warm: &[u8],
+    trials: usize,
+    pinned: bool,
+) -> Result<Vec<RevocationRow>> {
+    let envoy = start_envoy(filters, cfg, sidecar, 2)
+        .with_context(|| format!("starting Envoy + {via} (2 workers)"))?;
+    if pinned {
+        pin(envoy.pid(), "0,1")?;
+    }
+    let mut conns = revocation::connections_per_worker(&envoy, warm)?;
+    let mut take = |sidecar: &SeededSidecar| {
+        let s = sidecar.sessions.get(*next).cloned();
+        *next += 1;
+        s.ok_or_else(|| anyhow!("out of sessions for scenario 6"))
+    };
+    // A fresh Envoy's workers start their change-stream long polls over their first ticks:
+    // one uncounted trial and a second of settling, so trials measure the steady state.
+    let settle = take(sidecar)?;
+    revocation::trial(
+        &mut conns,
+        sidecar,
+        &settle,
+        ADMIN_HOST,
+        ADMIN_PATH,
+        Revocation::SignOut,
+    )?;
+    std::thread::sleep(Duration::from_secs(1));
+    let mut rows = Vec::new();
+    for kind in [Revocation::SignOut, Revocation::DropGroup] {
+        let mut times = Vec::new();
+        for _ in 0..trials {
+            let s = take(sidecar)?;
+            times.push(revocation::trial(
+                &mut conns, sidecar, &s, ADMIN_HOST, ADMIN_PATH, kind,
+            )?);
+        }
+        eprintln!(
+            "bench: {via}: {} → denied on both workers, {} trials: max {} µs",
+            kind.name(),
+            times.len(),
+            times.iter().max().copied().unwrap_or(0)
+        );
+        rows.push(RevocationRow {
+            via,
+            kind: kind.name(),
+            denied: kind.denied_status(),
+            micros: times,
+        });
+    }
+    Ok(rows)
+}
+
 /// Record a passed check (and print it).
 fn passed(checks: &mut Vec<String>, text: String) {
     eprintln!("check passed: {text}");
@@ -1004,59 +1069,19 @@ fn run(p: &Params, out_dir: &Path) -> Result<()> {
     drop(envoys);
     let warm = openloop::request_bytes(ADMIN_PATH, &headers);
     let mut revocations = Vec::new();
-    let mut next = FIRST_POOL_SESSION;
     let authz_http = layout::ext_authz(ExtAuthz::Http, sidecar.ext_authz, &cfg.api_token);
+    let mut next = FIRST_POOL_SESSION;
     for (via, filters) in [("filter", &filter), ("ext_authz HTTP", &authz_http)] {
-        let envoy2 = start_envoy(filters, &cfg, &sidecar, 2)
-            .with_context(|| format!("starting Envoy + {via} (2 workers)"))?;
-        if pinned {
-            pin(envoy2.pid(), "0,1")?;
-        }
-        let mut conns = revocation::connections_per_worker(&envoy2, &warm)?;
-        let mut take = |sidecar: &SeededSidecar| {
-            let s = sidecar.sessions.get(next).cloned();
-            next += 1;
-            s.ok_or_else(|| anyhow!("out of sessions for scenario 6"))
-        };
-        // A fresh Envoy's workers start their change-stream long polls over their first
-        // ticks: one uncounted trial and a second of settling, so trials measure the
-        // steady state.
-        let settle = take(&sidecar)?;
-        revocation::trial(
-            &mut conns,
+        let rows = revocations_through(
+            via,
+            filters,
+            &cfg,
             &mut sidecar,
-            &settle,
-            ADMIN_HOST,
-            ADMIN_PATH,
-            Revocation::SignOut,
+            &mut next,
+            &warm,
+            p.trials,
+            pinned,
         )?;
-        std::thread::sleep(Duration::from_secs(1));
-        for kind in [Revocation::SignOut, Revocation::DropGroup] {
-            let mut times = Vec::new();
-            for _ in 0..p.trials {
-                let s = take(&sidecar)?;
-                times.push(revocation::trial(
-                    &mut conns,
-                    &mut sidecar,
-                    &s,
-                    ADMIN_HOST,
-                    ADMIN_PATH,
-                    kind,
-                )?);
-            }
-            eprintln!(
-                "bench: {via}: {} → denied on both workers, {} trials: max {} µs",
-                kind.name(),
-                times.len(),
-                times.iter().max().copied().unwrap_or(0)
-            );
-            revocations.push(RevocationRow {
-                via,
-                kind: kind.name(),
-                denied: kind.denied_status(),
-                micros: times,
-            });
-        }
         passed(
             &mut checks,
             format!(
@@ -1064,6 +1089,7 @@ fn run(p: &Params, out_dir: &Path) -> Result<()> {
                 p.trials, p.trials
             ),
         );
+        revocations.extend(rows);
     }
     drop(sidecar);
 
@@ -1079,7 +1105,7 @@ fn run(p: &Params, out_dir: &Path) -> Result<()> {
             "bench: seeding {} sessions into a Redis-backed sidecar…",
             p.redis_sessions
         );
-        let rs = SeededSidecar::start(&rcfg.yaml, p.redis_sessions, &dir.0, "redis", nodelay)?;
+        let mut rs = SeededSidecar::start(&rcfg.yaml, p.redis_sessions, &dir.0, "redis", nodelay)?;
         let after = redis_used_memory(redis.port)?;
         memory.push(MemoryRow {
             backend: "redis",
@@ -1090,6 +1116,24 @@ fn run(p: &Params, out_dir: &Path) -> Result<()> {
             redis_bytes_after: Some(after),
             seed_ms: rs.seed_ms,
         });
+        // Scenario 6 once more with the Redis databroker: the sidecar learns of commits by
+        // polling Redis (≤ 100 ms), then the change stream tells the filter.
+        if pinned {
+            pin(rs.pid(), &SERVER_CPU.to_string())?;
+        }
+        let via = "filter, Redis databroker";
+        let mut next = 0;
+        let rows = revocations_through(
+            via, &filter, &rcfg, &mut rs, &mut next, &warm, p.trials, pinned,
+        )?;
+        passed(
+            &mut checks,
+            format!(
+                "6 revocation ({via}): every one of {} sign-outs (302) and {} group removals (403) was denied on both workers",
+                p.trials, p.trials
+            ),
+        );
+        revocations.extend(rows);
     }
 
     let load_after = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
@@ -1181,6 +1225,10 @@ mod tests {
                 + p.miss_per_run / 4
                 + 2;
             assert!(p.sessions >= used, "{mode}: {} < {used}", p.sessions);
+            assert!(
+                p.redis_sessions > 2 * p.trials,
+                "{mode}: Redis revocation trials"
+            );
         }
         assert!(Params::for_mode("fast").is_err());
         assert_eq!(Params::for_mode("full").unwrap().sessions, 100_000);

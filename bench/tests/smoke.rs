@@ -108,8 +108,8 @@ fn the_harness_runs_every_scenario_end_to_end() {
         .collect();
     assert_eq!(
         revocation_rows.len(),
-        4,
-        "filter and ext_authz, 2 kinds each:\n{text}"
+        6,
+        "filter, ext_authz, filter with Redis; 2 kinds each:\n{text}"
     );
     for kind in ["sign-out", "group removal"] {
         let r = row(&text, "## Revocation", kind).unwrap_or_else(|| panic!("no {kind} row"));
@@ -133,6 +133,7 @@ fn the_harness_runs_every_scenario_end_to_end() {
         "passed: 5 filter: a fresh session's first request is one sidecar lookup",
         "passed: 6 revocation (filter): every one of",
         "passed: 6 revocation (ext_authz HTTP): every one of",
+        "passed: 6 revocation (filter, Redis databroker): every one of",
     ] {
         assert!(text.contains(check), "missing check {check:?}:\n{text}");
     }
