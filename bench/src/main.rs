@@ -1116,8 +1116,8 @@ fn run(p: &Params, out_dir: &Path) -> Result<()> {
             redis_bytes_after: Some(after),
             seed_ms: rs.seed_ms,
         });
-        // Scenario 6 once more with the Redis databroker: the sidecar learns of commits by
-        // polling Redis (≤ 100 ms), then the change stream tells the filter.
+        // Scenario 6 once more with the Redis databroker (this sidecar commits the change
+        // itself, so its change stream wakes at once; other replicas would poll Redis).
         if pinned {
             pin(rs.pid(), &SERVER_CPU.to_string())?;
         }
