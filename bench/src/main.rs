@@ -427,9 +427,9 @@ fn start_envoy(
     Envoy::start_bootstrap(&yaml, workers)
 }
 
-/// Scenario 6 through `filters` (an Envoy with 2 workers in front of `sidecar`): one
-/// settling trial, then `trials` sign-outs and `trials` group removals, on sessions
-/// `*next…` of the sidecar.
+/// Scenario 6 through `filters` (an Envoy with 2 workers whose sidecar cluster is
+/// `replica`, else `sidecar`): one settling trial, then `trials` sign-outs and `trials`
+/// group removals committed through `sidecar`, on its sessions `*next…`.
 #[expect(
     clippy::too_many_arguments,
     reason = "one call site per databroker; all distinct"
@@ -439,12 +439,19 @@ fn revocations_through(
     filters: &Filters<'_>,
     cfg: &BenchConfig,
     sidecar: &mut SeededSidecar,
+    replica: Option<&SeededSidecar>,
     next: &mut usize,
     warm: &[u8],
     trials: usize,
     pinned: bool,
 ) -> Result<Vec<RevocationRow>> {
-    let envoy = start_envoy(filters, cfg, sidecar, 2)
+    let yaml = layout::bootstrap(
+        filters,
+        &cfg.hosts,
+        free_port()?,
+        replica.map_or(sidecar.api, |r| r.api),
+    );
+    let envoy = Envoy::start_bootstrap(&yaml, 2)
         .with_context(|| format!("starting Envoy + {via} (2 workers)"))?;
     if pinned {
         pin(envoy.pid(), "0,1")?;
@@ -1077,6 +1084,7 @@ fn run(p: &Params, out_dir: &Path) -> Result<()> {
             filters,
             &cfg,
             &mut sidecar,
+            None,
             &mut next,
             &warm,
             p.trials,
@@ -1121,19 +1129,33 @@ fn run(p: &Params, out_dir: &Path) -> Result<()> {
         if pinned {
             pin(rs.pid(), &SERVER_CPU.to_string())?;
         }
-        let via = "filter, Redis databroker";
+        // And across replicas: the filter's sidecar is a second replica on the same Redis
+        // (no sessions of its own); changes are committed through the first. The second
+        // learns of them by polling Redis, then its change stream tells the filter.
+        let replica = SeededSidecar::start(&rcfg.yaml, 0, &dir.0, "replica", nodelay)?;
+        if pinned {
+            pin(replica.pid(), &SERVER_CPU.to_string())?;
+        }
         let mut next = 0;
-        let rows = revocations_through(
-            via, &filter, &rcfg, &mut rs, &mut next, &warm, p.trials, pinned,
-        )?;
-        passed(
-            &mut checks,
-            format!(
-                "6 revocation ({via}): every one of {} sign-outs (302) and {} group removals (403) was denied on both workers",
-                p.trials, p.trials
+        for (via, other) in [
+            ("filter, Redis databroker", None),
+            (
+                "filter, Redis, change made on another replica",
+                Some(&replica),
             ),
-        );
-        revocations.extend(rows);
+        ] {
+            let rows = revocations_through(
+                via, &filter, &rcfg, &mut rs, other, &mut next, &warm, p.trials, pinned,
+            )?;
+            passed(
+                &mut checks,
+                format!(
+                    "6 revocation ({via}): every one of {} sign-outs (302) and {} group removals (403) was denied on both workers",
+                    p.trials, p.trials
+                ),
+            );
+            revocations.extend(rows);
+        }
     }
 
     let load_after = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
@@ -1226,7 +1248,7 @@ mod tests {
                 + 2;
             assert!(p.sessions >= used, "{mode}: {} < {used}", p.sessions);
             assert!(
-                p.redis_sessions > 2 * p.trials,
+                p.redis_sessions > 4 * p.trials + 1,
                 "{mode}: Redis revocation trials"
             );
         }

@@ -532,10 +532,7 @@ pub fn markdown(r: &Results) -> String {
         }
     }
 
-    let _ = writeln!(
-        out,
-        "\n## Revocation (scenario 6: Envoy with 2 workers, the same sidecar)\n"
-    );
+    let _ = writeln!(out, "\n## Revocation (scenario 6: Envoy with 2 workers)\n");
     let _ = writeln!(
         out,
         "| change | via | trials | denied with | p50 ms | p99 ms | max ms |"

@@ -108,8 +108,8 @@ fn the_harness_runs_every_scenario_end_to_end() {
         .collect();
     assert_eq!(
         revocation_rows.len(),
-        6,
-        "filter, ext_authz, filter with Redis; 2 kinds each:\n{text}"
+        8,
+        "filter, ext_authz, filter with Redis (same / other replica); 2 kinds each:\n{text}"
     );
     for kind in ["sign-out", "group removal"] {
         let r = row(&text, "## Revocation", kind).unwrap_or_else(|| panic!("no {kind} row"));
@@ -134,6 +134,7 @@ fn the_harness_runs_every_scenario_end_to_end() {
         "passed: 6 revocation (filter): every one of",
         "passed: 6 revocation (ext_authz HTTP): every one of",
         "passed: 6 revocation (filter, Redis databroker): every one of",
+        "passed: 6 revocation (filter, Redis, change made on another replica): every one of",
     ] {
         assert!(text.contains(check), "missing check {check:?}:\n{text}");
     }
