@@ -55,6 +55,8 @@ pub struct Load<'a> {
     pub duration: Duration,
     /// CPU to pin wrk to (`taskset -c`), when pinning.
     pub cpu: Option<u32>,
+    /// Nice value to run wrk at (`nice -n`), if any.
+    pub nice: Option<&'a str>,
     /// The Lua script with the `done` hook (`done.lua`).
     pub script: &'a Path,
 }
@@ -62,10 +64,18 @@ pub struct Load<'a> {
 /// Run wrk once; errors when it fails or its summary line is missing.
 pub fn run(load: &Load<'_>) -> Result<Sample> {
     let secs = load.duration.as_secs().max(1);
-    let mut cmd = match load.cpu {
-        Some(cpu) => {
-            let mut c = Command::new("taskset");
-            c.args(["-c", &cpu.to_string(), "wrk"]);
+    // `[nice -n N] [taskset -c CPU] wrk …`
+    let mut prefix: Vec<String> = Vec::new();
+    if let Some(n) = load.nice {
+        prefix.extend(["nice".into(), "-n".into(), n.to_owned()]);
+    }
+    if let Some(cpu) = load.cpu {
+        prefix.extend(["taskset".into(), "-c".into(), cpu.to_string()]);
+    }
+    let mut cmd = match prefix.split_first() {
+        Some((program, args)) => {
+            let mut c = Command::new(program);
+            c.args(args).arg("wrk");
             c
         }
         None => Command::new("wrk"),
