@@ -78,13 +78,25 @@ const JWT_REUSE_MARGIN_SECS: i64 = 60;
 /// Entries beyond which the JWT cache drops expired entries (and, if still full, all).
 const JWT_CACHE_CAP: usize = 50_000;
 
-/// Signed identity JWTs, by (session id, session version, audience). A new session
+/// Signed identity JWTs, by session id, then (session version, audience). A new session
 /// version (claims changed) can never be served an old signature.
+///
+/// Keyed by session first so that dropping a session's superseded signatures touches only
+/// that session's entry: a whole-map sweep on every insert made each cache miss cost
+/// O(cache size) (seen in `make bench` as miss cost growing round by round).
 #[derive(Default)]
-pub struct JwtCache(Mutex<HashMap<JwtKey, (String, i64)>>);
+pub struct JwtCache(Mutex<HashMap<String, SessionJwts>>);
 
-/// (session id, session version, audience).
-type JwtKey = (String, u64, String);
+/// One session's signed JWTs: all of the same session version, one per audience.
+struct SessionJwts {
+    version: u64,
+    /// (audience, JWT, exp); at most [`JWT_AUDIENCES_CAP`].
+    by_audience: Vec<(String, String, i64)>,
+}
+
+/// Audiences remembered per session (a user rarely visits more apps within a JWT's life;
+/// beyond this the oldest is dropped, which only costs a re-signature).
+const JWT_AUDIENCES_CAP: usize = 16;
 
 impl JwtCache {
     /// The cached JWT for `session` and `audience`, signing a new one if absent or near
@@ -97,10 +109,11 @@ impl JwtCache {
         metrics: &Metrics,
     ) -> Result<(String, i64), AppError> {
         let now = now_unix();
-        let key = (session.id.clone(), session.version, audience.to_owned());
         {
             let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some((jwt, exp)) = map.get(&key)
+            if let Some(s) = map.get(&session.id)
+                && s.version == session.version
+                && let Some((_, jwt, exp)) = s.by_audience.iter().find(|(a, _, _)| a == audience)
                 && *exp - JWT_REUSE_MARGIN_SECS > now
             {
                 return Ok((jwt.clone(), *exp));
@@ -109,21 +122,50 @@ impl JwtCache {
         let (jwt, exp) = signer.sign(session, audience)?;
         metrics.jwt_signatures.inc();
         let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if map.len() >= JWT_CACHE_CAP {
-            map.retain(|_, (_, e)| *e - JWT_REUSE_MARGIN_SECS > now);
+        if map.len() >= JWT_CACHE_CAP && !map.contains_key(&session.id) {
+            // Rare (once per JWT_CACHE_CAP new sessions at most): sweep, then give up.
+            map.retain(|_, s| {
+                s.by_audience
+                    .retain(|(_, _, e)| *e - JWT_REUSE_MARGIN_SECS > now);
+                !s.by_audience.is_empty()
+            });
             if map.len() >= JWT_CACHE_CAP {
                 map.clear();
             }
         }
-        // Older versions of this session are dead weight now.
-        map.retain(|(id, v, _), _| !(id == &session.id && *v < session.version));
-        map.insert(key, (jwt.clone(), exp));
+        let entry = map
+            .entry(session.id.clone())
+            .or_insert_with(|| SessionJwts {
+                version: session.version,
+                by_audience: Vec::new(),
+            });
+        if entry.version < session.version {
+            // Older versions of this session are dead weight now.
+            entry.version = session.version;
+            entry.by_audience.clear();
+        }
+        if entry.version == session.version {
+            entry.by_audience.retain(|(a, _, _)| a != audience);
+            if entry.by_audience.len() >= JWT_AUDIENCES_CAP {
+                entry.by_audience.remove(0);
+            }
+            entry
+                .by_audience
+                .push((audience.to_owned(), jwt.clone(), exp));
+        }
+        // else: this caller read an older version than one already cached; its JWT is
+        // handed out (it matches what it read) but never cached over the newer one.
         Ok((jwt, exp))
     }
 
-    /// Number of cached entries.
+    /// Number of cached JWTs (all sessions, all audiences).
     pub fn len(&self) -> usize {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).len()
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .map(|s| s.by_audience.len())
+            .sum()
     }
 
     /// True if empty.

@@ -549,3 +549,43 @@ async fn an_older_concurrent_user_info_response_never_overwrites_a_newer_one() {
     let due = state.store.due(Kind::Session, at, 10).await.unwrap();
     assert!(due.is_empty(), "{due:?}");
 }
+
+#[tokio::test]
+async fn jwt_cache_keeps_one_signature_per_version_and_audience() {
+    let idp = FakeIdp::new();
+    idp.add_user("u1", "u1@example.com", &["admins"]);
+    let state = app(memory_store(), idp.clone(), settings());
+    let signer = FakeSigner {
+        signatures: Default::default(),
+    };
+    let sign = |s: &sidecar::session::Session, aud: &str| {
+        state
+            .jwt_cache
+            .get_or_sign(s, aud, &signer, &state.metrics)
+            .unwrap()
+            .0
+    };
+    let count = || signer.signatures.load(std::sync::atomic::Ordering::SeqCst);
+    let old = login(&state, &idp, "u1", Default::default()).await;
+    let a = sign(&old, "a.example.com");
+    assert_eq!(sign(&old, "a.example.com"), a, "served from the cache");
+    sign(&old, "b.example.com");
+    assert_eq!((count(), state.jwt_cache.len()), (2, 2));
+
+    // A newer version replaces every signature of the older one.
+    let mut new = old.clone();
+    new.version += 1;
+    idp.set_groups("u1", &[]);
+    sign(&new, "a.example.com");
+    assert_eq!((count(), state.jwt_cache.len()), (3, 1));
+    // A caller still holding the old version gets a fresh signature, never cached over
+    // the newer one.
+    sign(&old, "a.example.com");
+    sign(&new, "a.example.com");
+    assert_eq!((count(), state.jwt_cache.len()), (4, 1));
+
+    // Other sessions are independent.
+    let other = login(&state, &idp, "u1", Default::default()).await;
+    sign(&other, "a.example.com");
+    assert_eq!((count(), state.jwt_cache.len()), (5, 2));
+}
