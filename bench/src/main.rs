@@ -29,6 +29,7 @@ mod layout;
 mod openloop;
 mod report;
 mod revocation;
+mod scale;
 mod svg;
 mod wrk;
 
@@ -688,7 +689,7 @@ fn run(p: &Params, out_dir: &Path) -> Result<()> {
     // TCP_NODELAY on the sidecar's listeners unless BENCH_SIDECAR_NODELAY=0 (see child.rs).
     let nodelay = std::env::var("BENCH_SIDECAR_NODELAY").map_or(true, |v| v != "0");
     if nodelay {
-        notes.push("the sidecar child sets TCP_NODELAY on its listeners' connections; the sidecar binary at this commit does not, and without it gRPC ext_authz waits ~40 ms per check (Nagle + delayed ACK). `BENCH_SIDECAR_NODELAY=0` measures without".to_owned());
+        notes.push("the sidecar child sets TCP_NODELAY on its listeners' connections, as the sidecar binary does; without it gRPC ext_authz waits ~40 ms per check (Nagle + delayed ACK). `BENCH_SIDECAR_NODELAY=0` measures without".to_owned());
     } else {
         notes.push("BENCH_SIDECAR_NODELAY=0: the sidecar child's listeners run without TCP_NODELAY, as the sidecar binary at this commit".to_owned());
     }
@@ -1239,7 +1240,34 @@ fn run(p: &Params, out_dir: &Path) -> Result<()> {
         notes,
         meta,
     };
-    let text = report::markdown(&results);
+    let mut text = report::markdown(&results);
+    // Scenario 7 (scale) comes from the criterion benches `make bench` ran before this
+    // binary, plus the filter's memory per session measured in the wasmtime host. Not in
+    // smoke runs: there the harness is a debug build and no criterion bench ran.
+    if p.mode != "smoke" {
+        let target_dir = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
+            || Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"),
+            PathBuf::from,
+        );
+        let section = scale::collect(&target_dir)?;
+        let rows: String = section
+            .headline()
+            .into_iter()
+            .map(|(what, value, goal, met)| {
+                let met = match met {
+                    Some(true) => "met",
+                    Some(false) => "**not met**",
+                    None => "",
+                };
+                format!("\n| 7 {what} | {value} | {goal} | {met} |")
+            })
+            .collect();
+        if let Some(end) = text.find("\n\n## Scenarios") {
+            text.insert_str(end, &rows);
+        }
+        text.push('\n');
+        text.push_str(&section.markdown());
+    }
     let plot = svg::plot(&results);
     std::fs::create_dir_all(out_dir)?;
     let stem = if p.mode == "full" {
