@@ -1,7 +1,7 @@
 //! The engine's string-keyed indexes (route id → route, host → routes): hash maps built once
 //! when a bundle is loaded, so a lookup costs the same with 10 or 10 000 routes (a `BTreeMap`
 //! walked ~log₂ n string comparisons: 2.4× slower at 10 000 routes than at 10; see
-//! `docs/benchmarks-scale.md`).
+//! `docs/benchmarks.md`, Scale).
 //!
 //! The hasher is a fixed, unkeyed word-at-a-time mix with a murmur3 finaliser: cheap on short
 //! keys, deterministic (no random seed: the wasm filter has no entropy worth spending here)
