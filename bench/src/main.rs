@@ -676,7 +676,7 @@ fn run(p: &Params, out_dir: &Path) -> Result<()> {
         // inherit it until pinned elsewhere.
         pin(std::process::id(), &LOAD_CPU.to_string())?;
         if boosted() {
-            notes.push(format!("Envoys, the sidecar child, wrk and the harness (open-loop generator) ran at nice {BOOST_NICE}, so other processes on the machine preempt them less (`BENCH_NO_BOOST=1`: nice 0)"));
+            notes.push(format!("Envoys, the sidecar child, wrk and the harness (open-loop generator) ran at nice {BOOST_NICE} (`BENCH_NO_BOOST=1`: nice 0); with scheduler autogroups this only orders them among themselves, other sessions' processes do not yield to them"));
         }
     }
 
