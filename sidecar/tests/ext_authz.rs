@@ -9,66 +9,46 @@
     clippy::indexing_slicing
 )]
 
+#[path = "ext_authz/shared.rs"]
+mod shared;
 #[path = "core/support.rs"]
 mod support;
 
 use axum::Router;
 use axum::body::Body;
 use axum::http::{HeaderMap, Request, StatusCode};
-use base64::Engine as _;
 use portcullis_common::Secret;
 use portcullis_common::cookie::{self, CookieKey};
 use portcullis_common::signed_url::{self, RedirectKey};
 use prost::Message;
 use serde_json::json;
+use shared::{COOKIE, seal};
 use sidecar::AppState;
 use sidecar::bundle::Bundle;
 use sidecar::ext_authz::proto::{self, CheckResponse, check_response::HttpResponse};
 use sidecar::ext_authz::{self, HTTP_PATH_PREFIX, TOKEN_HEADER};
-use sidecar::session::Session;
 use sidecar::settings::Settings;
 use std::time::{Duration, Instant};
 use support::*;
 use tower::ServiceExt;
 
-const COOKIE: &str = "_pomerium";
-
 fn config_text() -> String {
-    let b64 = |b: [u8; 32]| base64::engine::general_purpose::STANDARD.encode(b);
-    format!(
-        r#"shared_secret: {shared}
-cookie_secret: {cookie}
-authenticate_service_url: https://auth.example.com
-idp_provider_url: https://idp.example.com
-idp_client_id: {CLIENT}
-idp_client_secret: client-secret
-jwt_claims_headers:
-  X-Email: email
-routes:
-  - from: https://app.example.com
-    to: http://127.0.0.1:9
-    pass_identity_headers: true
-    policy:
-      allow:
-        and:
-          - claim/groups: admins
-  - from: https://public.example.com
-    to: http://127.0.0.1:9
-    allow_public_unauthenticated_access: true
-    policy:
+    shared::config_text(
+        r#"    policy:
       deny:
         and:
           - http_method:
               is: DELETE
-  - from: https://b.example.com
+"#,
+        &format!(
+            r#"  - from: https://b.example.com
     to: http://127.0.0.1:9
     idp_client_id: {CLIENT_B}
     idp_client_secret: b-secret
     allow_any_authenticated_user: true
 ext_authz_address: 127.0.0.1:5090
-"#,
-        shared = b64(SHARED),
-        cookie = b64([12; 32]),
+"#
+        ),
     )
 }
 
@@ -106,11 +86,6 @@ async fn fixture_on(store: std::sync::Arc<dyn sidecar::databroker::Store>) -> Fi
 
 fn token() -> String {
     portcullis_common::api::api_token(&Secret::from_bytes(SHARED))
-}
-
-fn seal(session: &Session) -> String {
-    let key = CookieKey::new(&Secret::from_bytes([12; 32]));
-    cookie::seal(&key, COOKIE, &session.id, u64::MAX / 2, [7; 24]).unwrap()
 }
 
 #[derive(Debug)]

@@ -12,14 +12,14 @@
     clippy::indexing_slicing
 )]
 
+#[path = "ext_authz/shared.rs"]
+mod shared;
 #[path = "core/support.rs"]
 mod support;
 
-use axum::http::HeaderMap;
-use base64::Engine as _;
 use portcullis_common::Secret;
-use portcullis_common::cookie::{self, CookieKey};
 use serde_json::Value;
+use shared::*;
 use sidecar::bundle::Bundle;
 use sidecar::session::Session;
 use sidecar::settings::Settings;
@@ -29,41 +29,11 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use support::*;
 
-const COOKIE: &str = "_pomerium";
-
 fn envoy_path() -> PathBuf {
     match std::env::var_os("PORTCULLIS_ENVOY") {
         Some(p) => p.into(),
         None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/envoy"),
     }
-}
-
-fn config_text() -> String {
-    let b64 = |b: [u8; 32]| base64::engine::general_purpose::STANDARD.encode(b);
-    format!(
-        r#"shared_secret: {shared}
-cookie_secret: {cookie}
-authenticate_service_url: https://auth.example.com
-idp_provider_url: https://idp.example.com
-idp_client_id: {CLIENT}
-idp_client_secret: client-secret
-jwt_claims_headers:
-  X-Email: email
-routes:
-  - from: https://app.example.com
-    to: http://127.0.0.1:9
-    pass_identity_headers: true
-    policy:
-      allow:
-        and:
-          - claim/groups: admins
-  - from: https://public.example.com
-    to: http://127.0.0.1:9
-    allow_public_unauthenticated_access: true
-"#,
-        shared = b64(SHARED),
-        cookie = b64([12; 32]),
-    )
 }
 
 /// The ext_authz HTTP filter exactly as docs/ext_authz.md shows it (`{token}` filled in).
@@ -280,33 +250,10 @@ impl Drop for Envoy {
     }
 }
 
-/// An upstream answering every request with its headers as JSON.
-async fn echo_upstream() -> SocketAddr {
-    async fn echo(headers: HeaderMap) -> axum::Json<Value> {
-        let mut m = serde_json::Map::new();
-        for (k, v) in &headers {
-            m.insert(
-                k.as_str().to_owned(),
-                // Lossy, so that a non-ASCII value still shows (and a leak is seen).
-                Value::String(String::from_utf8_lossy(v.as_bytes()).into_owned()),
-            );
-        }
-        axum::Json(Value::Object(m))
-    }
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        axum::serve(listener, axum::Router::new().fallback(echo))
-            .await
-            .unwrap()
-    });
-    addr
-}
-
 /// The sidecar's ext_authz listener with users alice (admins), bob, and eve (admins, an
 /// email no header can carry).
 async fn ext_authz() -> (SocketAddr, Session, Session, Session) {
-    let config = policy_compiler::config::load_str("config.yaml", &config_text(), &|_| None)
+    let config = policy_compiler::config::load_str("config.yaml", &config_text("", ""), &|_| None)
         .unwrap()
         .config;
     let settings = Settings::from_config(&config, None).unwrap();
@@ -324,22 +271,6 @@ async fn ext_authz() -> (SocketAddr, Session, Session, Session) {
     let app = sidecar::ext_authz::router(state);
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     (addr, alice, bob, eve)
-}
-
-/// One raw HTTP/1.1 exchange (the path exactly as written, as `curl --path-as-is`);
-/// the whole answer, or what came before the connection closed.
-async fn raw_http(addr: SocketAddr, request: &[u8]) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(request).await.unwrap();
-    let mut out = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-fn seal(session: &Session) -> String {
-    let key = CookieKey::new(&Secret::from_bytes([12; 32]));
-    cookie::seal(&key, COOKIE, &session.id, u64::MAX / 2, [7; 24]).unwrap()
 }
 
 async fn run(mode: &str, filter: &str) {

@@ -12,24 +12,21 @@
     clippy::indexing_slicing
 )]
 
+#[path = "ext_authz/shared.rs"]
+mod shared;
 #[path = "core/support.rs"]
 mod support;
 
-use axum::http::HeaderMap;
-use base64::Engine as _;
 use portcullis_common::Secret;
-use portcullis_common::cookie::{self, CookieKey};
 use serde_json::Value;
+use shared::*;
 use sidecar::bundle::Bundle;
-use sidecar::session::Session;
 use sidecar::settings::Settings;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use support::*;
-
-const COOKIE: &str = "_pomerium";
 
 /// The `server` block docs/ext_authz.md shows (`{token}`, ports and `{app}` filled in).
 const SERVER: &str = r#"
@@ -99,34 +96,6 @@ fn nginx_path() -> Option<PathBuf> {
             .map(|d| d.join("nginx"))
             .find(|p| p.is_file())
     })
-}
-
-fn config_text() -> String {
-    let b64 = |b: [u8; 32]| base64::engine::general_purpose::STANDARD.encode(b);
-    format!(
-        r#"shared_secret: {shared}
-cookie_secret: {cookie}
-authenticate_service_url: https://auth.example.com
-idp_provider_url: https://idp.example.com
-idp_client_id: {CLIENT}
-idp_client_secret: client-secret
-jwt_claims_headers:
-  X-Email: email
-routes:
-  - from: https://app.example.com
-    to: http://127.0.0.1:9
-    pass_identity_headers: true
-    policy:
-      allow:
-        and:
-          - claim/groups: admins
-  - from: https://public.example.com
-    to: http://127.0.0.1:9
-    allow_public_unauthenticated_access: true
-"#,
-        shared = b64(SHARED),
-        cookie = b64([12; 32]),
-    )
 }
 
 /// nginx in the foreground as a child process, killed on drop.
@@ -199,39 +168,13 @@ impl Drop for Nginx {
     }
 }
 
-async fn echo_upstream() -> SocketAddr {
-    async fn echo(headers: HeaderMap) -> axum::Json<Value> {
-        let mut m = serde_json::Map::new();
-        for (k, v) in &headers {
-            m.insert(
-                k.as_str().to_owned(),
-                Value::String(String::from_utf8_lossy(v.as_bytes()).into_owned()),
-            );
-        }
-        axum::Json(Value::Object(m))
-    }
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        axum::serve(listener, axum::Router::new().fallback(echo))
-            .await
-            .unwrap()
-    });
-    addr
-}
-
-fn seal(session: &Session) -> String {
-    let key = CookieKey::new(&Secret::from_bytes([12; 32]));
-    cookie::seal(&key, COOKIE, &session.id, u64::MAX / 2, [7; 24]).unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nginx_auth_request() {
     let Some(bin) = nginx_path() else {
         eprintln!("SKIPPED: no nginx on PATH (apt-get install nginx, or set PORTCULLIS_NGINX)");
         return;
     };
-    let config = policy_compiler::config::load_str("config.yaml", &config_text(), &|_| None)
+    let config = policy_compiler::config::load_str("config.yaml", &config_text("", ""), &|_| None)
         .unwrap()
         .config;
     let settings = Settings::from_config(&config, None).unwrap();
@@ -350,15 +293,4 @@ async fn nginx_auth_request() {
         .await;
         assert!(answer.starts_with("HTTP/1.1 403 "), "{path}: {answer}");
     }
-}
-
-/// One raw HTTP/1.1 exchange (request line exactly as written, as `curl --path-as-is`);
-/// the whole answer, or "" when the server closed without one.
-async fn raw_http(addr: SocketAddr, request: impl AsRef<[u8]>) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(request.as_ref()).await.unwrap();
-    let mut out = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
-    String::from_utf8_lossy(&out).into_owned()
 }
